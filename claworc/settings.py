@@ -1,0 +1,259 @@
+"""Django settings for the Claworc control plane.
+
+Every tunable is read from the environment (see README.md, "Configuration"); a bad value
+stops start-up with a message naming the variable. Without DATABASE_URL and REDIS_URL the
+project runs on its embedded default: SQLite and a file-system broker in the data dir.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+from claworc.env import env_bool, env_int, env_ip, env_networks, env_seconds, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DATA_DIR = Path(env_str("CLAWORC_DATA_DIR", str(BASE_DIR / "data"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _persistent_secret(env_name: str, file_name: str) -> str:
+    """The variable's value, else a random secret kept 0600 in the data dir across runs."""
+    value = env_str(env_name)
+    if value:
+        return value
+    path = DATA_DIR / file_name
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    return value
+
+
+SECRET_KEY = _persistent_secret("DJANGO_SECRET_KEY", "django-secret-key")
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = [
+    host.strip()
+    for host in env_str("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
+    if host.strip()
+]
+CSRF_TRUSTED_ORIGINS = [
+    origin.strip()
+    for origin in (env_str("DJANGO_CSRF_TRUSTED_ORIGINS", "") or "").split(",")
+    if origin.strip()
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "channels",
+    "audit",
+    "ssh_control",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "audit.middleware.RequestContextMiddleware",
+]
+
+ROOT_URLCONF = "claworc.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+ASGI_APPLICATION = "claworc.asgi.application"
+WSGI_APPLICATION = "claworc.wsgi.application"
+
+# Database: PostgreSQL through DATABASE_URL, else SQLite in the data dir.
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    try:
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    except Exception as exc:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"DATABASE_URL is not a usable database URL: {exc}") from None
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "claworc.sqlite3",
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Broker, results and shared counters: Redis through REDIS_URL, else files in the data dir.
+REDIS_URL = env_str("REDIS_URL")
+EMBEDDED = DATABASE_URL is None and REDIS_URL is None
+if REDIS_URL:
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_RESULT_BACKEND = REDIS_URL
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "claworc",
+        }
+    }
+else:
+    _broker_dir = DATA_DIR / "broker"
+    for _sub in ("queue", "processed", "results"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+    CELERY_RESULT_BACKEND = f"file://{_broker_dir / 'results'}"
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_TIME_LIMIT = 300
+CELERY_TASK_SOFT_TIME_LIMIT = 240
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TIMEZONE = "UTC"
+
+# Sessions and CSRF. The session cookie is named as the runbook's curl commands expect.
+SESSION_COOKIE_NAME = "session"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = env_bool("CLAWORC_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["claworc.authentication.SessionCookieAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "claworc.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "claworc.exceptions.api_exception_handler",
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Claworc SSH control plane API",
+    "DESCRIPTION": "Instances, SSH connections, keys, tunnels and the SSH audit log.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("CLAWORC_LOG_LEVEL", "INFO")},
+    "loggers": {"paramiko": {"level": "WARNING"}},
+}
+
+# SSH connection life cycle (runbook section 7, "Connection Tuning").
+CLAWORC_SSH_KEEPALIVE_INTERVAL_SECONDS = env_seconds("CLAWORC_SSH_KEEPALIVE_INTERVAL_SECONDS", 30)
+CLAWORC_SSH_HEALTH_CHECK_TIMEOUT_SECONDS = env_seconds(
+    "CLAWORC_SSH_HEALTH_CHECK_TIMEOUT_SECONDS", 5
+)
+CLAWORC_SSH_RECONNECT_MAX_RETRIES = env_int("CLAWORC_SSH_RECONNECT_MAX_RETRIES", 10)
+CLAWORC_SSH_RECONNECT_BASE_DELAY_SECONDS = env_seconds(
+    "CLAWORC_SSH_RECONNECT_BASE_DELAY_SECONDS", 1
+)
+CLAWORC_SSH_RECONNECT_MAX_DELAY_SECONDS = env_seconds("CLAWORC_SSH_RECONNECT_MAX_DELAY_SECONDS", 16)
+CLAWORC_SSH_FAILED_RETRY_INTERVAL_SECONDS = env_seconds(
+    "CLAWORC_SSH_FAILED_RETRY_INTERVAL_SECONDS", 300, allow_zero=True
+)
+CLAWORC_SSH_CONNECT_TIMEOUT_SECONDS = env_seconds("CLAWORC_SSH_CONNECT_TIMEOUT_SECONDS", 10)
+CLAWORC_SSH_MAX_CONNECTIONS = env_int("CLAWORC_SSH_MAX_CONNECTIONS", 500, minimum=1)
+CLAWORC_SSH_RATE_LIMIT_ATTEMPTS = env_int("CLAWORC_SSH_RATE_LIMIT_ATTEMPTS", 10, minimum=1)
+CLAWORC_SSH_RATE_LIMIT_WINDOW_SECONDS = env_seconds("CLAWORC_SSH_RATE_LIMIT_WINDOW_SECONDS", 60)
+CLAWORC_SSH_FAILURE_THRESHOLD = env_int("CLAWORC_SSH_FAILURE_THRESHOLD", 5, minimum=1)
+CLAWORC_SSH_BLOCK_SECONDS = env_seconds("CLAWORC_SSH_BLOCK_SECONDS", 300)
+CLAWORC_SSH_LEASE_TTL_SECONDS = env_seconds("CLAWORC_SSH_LEASE_TTL_SECONDS", 30)
+CLAWORC_SSH_REQUEST_TIMEOUT_SECONDS = env_seconds("CLAWORC_SSH_REQUEST_TIMEOUT_SECONDS", 30)
+
+# Tunnels (runbook section 7, "Tunnel Tuning").
+CLAWORC_TUNNEL_GLOBAL_CHECK_INTERVAL_SECONDS = env_seconds(
+    "CLAWORC_TUNNEL_GLOBAL_CHECK_INTERVAL_SECONDS", 60
+)
+CLAWORC_TUNNEL_MONITOR_INTERVAL_SECONDS = env_seconds("CLAWORC_TUNNEL_MONITOR_INTERVAL_SECONDS", 10)
+CLAWORC_TUNNEL_PROBE_TIMEOUT_SECONDS = env_seconds("CLAWORC_TUNNEL_PROBE_TIMEOUT_SECONDS", 5)
+CLAWORC_TUNNEL_MAX_BACKOFF_SECONDS = env_seconds("CLAWORC_TUNNEL_MAX_BACKOFF_SECONDS", 60)
+CLAWORC_TUNNEL_BIND_HOST = env_ip("CLAWORC_TUNNEL_BIND_HOST", "127.0.0.1")
+
+# Keys and audit (runbook section 7, "Key Management Tuning").
+CLAWORC_KEY_ROTATION_POLICY_DAYS = env_int("CLAWORC_KEY_ROTATION_POLICY_DAYS", 0)
+CLAWORC_AUDIT_RETENTION_DAYS = env_int("CLAWORC_AUDIT_RETENTION_DAYS", 90, minimum=1)
+CLAWORC_KEY_ENCRYPTION_SECRET = _persistent_secret(
+    "CLAWORC_KEY_ENCRYPTION_SECRET", "key-encryption-secret"
+)
+CLAWORC_TRUSTED_PROXIES = env_networks("CLAWORC_TRUSTED_PROXIES")
+CLAWORC_SSH_KEY_DIR = DATA_DIR / "ssh-keys"
+
+# Beat schedule; the SSH issues add their sweeps here.
+CELERY_BEAT_SCHEDULE = {
+    "purge-expired-audit-entries": {
+        "task": "audit.purge_expired_entries",
+        "schedule": 24 * 60 * 60,
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")

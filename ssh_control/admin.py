@@ -1,0 +1,219 @@
+"""The operator UI for instances: state at a glance, and actions that call the services."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.utils.html import format_html
+
+from claworc.admin_mixins import ReadOnlyAdminMixin
+from ssh_control import dispatch, services
+from ssh_control.choices import ConnectionState
+from ssh_control.exceptions import ClaworcError
+from ssh_control.models import (
+    ConnectionEvent,
+    HostKeyPin,
+    Instance,
+    InstanceGrant,
+    InstanceLease,
+    Tunnel,
+)
+from ssh_control.validators import parse_allowed_ips
+
+STATE_COLOURS = {
+    ConnectionState.CONNECTED: "#1a7f37",
+    ConnectionState.CONNECTING: "#9a6700",
+    ConnectionState.RECONNECTING: "#bc4c00",
+    ConnectionState.FAILED: "#cf222e",
+    ConnectionState.DISCONNECTED: "#6e7781",
+}
+
+
+class InstanceForm(forms.ModelForm):
+    class Meta:
+        model = Instance
+        fields = (
+            "name",
+            "ssh_host",
+            "ssh_port",
+            "ssh_user",
+            "vnc_port",
+            "gateway_port",
+            "allowed_source_ips",
+            "key_rotation_policy_days",
+        )
+        widgets = {"allowed_source_ips": forms.TextInput(attrs={"size": 80})}
+
+    def clean_allowed_source_ips(self):
+        try:
+            return parse_allowed_ips(self.cleaned_data["allowed_source_ips"])
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.messages[0]) from None
+
+
+class InstanceGrantInline(admin.TabularInline):
+    model = InstanceGrant
+    extra = 0
+    autocomplete_fields = ("user",)
+
+
+@admin.register(Instance)
+class InstanceAdmin(admin.ModelAdmin):
+    form = InstanceForm
+    inlines = (InstanceGrantInline,)
+    list_display = (
+        "name",
+        "ssh_endpoint",
+        "state_badge",
+        "healthy",
+        "last_health_check",
+        "tunnel_summary",
+        "ssh_key_fingerprint",
+    )
+    list_filter = ("connection__state", "connection__is_healthy")
+    search_fields = ("name", "ssh_host", "ssh_key_fingerprint")
+    readonly_fields = (
+        "authorized_keys_line",
+        "ssh_key_fingerprint",
+        "ssh_key_created_at",
+        "state_badge",
+        "host_key",
+        "created_at",
+        "updated_at",
+    )
+    actions = ("test_connection", "reconnect", "rotate_key")
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request).select_related("connection", "host_key_pin")
+        return queryset.prefetch_related("tunnels")
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        return ("name", *fields) if obj else fields
+
+    @admin.display(description="SSH endpoint")
+    def ssh_endpoint(self, obj):
+        return f"{obj.ssh_user}@{obj.ssh_host}:{obj.ssh_port}"
+
+    @admin.display(description="state", ordering="connection__state")
+    def state_badge(self, obj):
+        connection = getattr(obj, "connection", None)
+        state = connection.state if connection else ConnectionState.DISCONNECTED
+        return format_html(
+            '<strong style="color: {}">{}</strong>', STATE_COLOURS.get(state, "#000"), state
+        )
+
+    @admin.display(description="healthy", boolean=True)
+    def healthy(self, obj):
+        connection = getattr(obj, "connection", None)
+        return bool(connection and connection.is_healthy)
+
+    @admin.display(description="last check", ordering="connection__last_health_check_at")
+    def last_health_check(self, obj):
+        connection = getattr(obj, "connection", None)
+        return connection.last_health_check_at if connection else None
+
+    @admin.display(description="tunnels")
+    def tunnel_summary(self, obj):
+        tunnels = list(obj.tunnels.all())
+        if not tunnels:
+            return "-"
+        return ", ".join(f"{tunnel.name or tunnel.service}: {tunnel.status}" for tunnel in tunnels)
+
+    @admin.display(description="authorized_keys line")
+    def authorized_keys_line(self, obj):
+        if not obj.ssh_public_key:
+            return "-"
+        return format_html('<code style="word-break: break-all">{}</code>', obj.ssh_public_key)
+
+    @admin.display(description="pinned host key")
+    def host_key(self, obj):
+        pin = getattr(obj, "host_key_pin", None)
+        return f"{pin.key_type} {pin.fingerprint} ({pin.source})" if pin else "not pinned yet"
+
+    def save_model(self, request, obj, form, change):
+        fields = {name: form.cleaned_data[name] for name in services.INSTANCE_FIELDS}
+        if not change:
+            created = services.instance_create(obj.name, actor=request.user, **fields)
+            obj.pk = created.pk
+            obj.ssh_public_key = created.ssh_public_key
+            obj.ssh_key_fingerprint = created.ssh_key_fingerprint
+            obj.ssh_key_created_at = created.ssh_key_created_at
+            obj._state.adding = False
+        else:
+            stored = Instance.objects.get(pk=obj.pk)
+            services.instance_update(stored, actor=request.user, **fields)
+        stored = Instance.objects.get(pk=obj.pk)
+        services.instance_set_allowed_ips(
+            stored, allowed_ips=form.cleaned_data["allowed_source_ips"], actor=request.user
+        )
+
+    def delete_model(self, request, obj):
+        services.instance_delete(obj, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for instance in queryset:
+            services.instance_delete(instance, actor=request.user)
+
+    def _dispatch_each(self, request, queryset, task_name: str, verb: str, **kwargs):
+        for instance in queryset:
+            try:
+                result = dispatch.run_on_owner(instance, task_name, **kwargs)
+            except ClaworcError as exc:
+                self.message_user(request, f"{instance.name}: {exc.message}", messages.ERROR)
+                continue
+            message = result.get("message", verb) if isinstance(result, dict) else verb
+            self.message_user(request, f"{instance.name}: {message}", messages.SUCCESS)
+
+    @admin.action(description="Test SSH connection")
+    def test_connection(self, request, queryset):
+        self._dispatch_each(request, queryset, dispatch.TEST_CONNECTION, "tested")
+
+    @admin.action(description="Force reconnection")
+    def reconnect(self, request, queryset):
+        self._dispatch_each(request, queryset, dispatch.RECONNECT, "reconnected")
+
+    @admin.action(description="Rotate SSH key")
+    def rotate_key(self, request, queryset):
+        self._dispatch_each(
+            request, queryset, dispatch.ROTATE_KEY, "rotated", actor=request.user.get_username()
+        )
+
+
+@admin.register(ConnectionEvent)
+class ConnectionEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("created_at", "instance", "event_type", "from_state", "to_state", "reason")
+    list_filter = ("event_type", "to_state", "created_at")
+    search_fields = ("instance__name", "reason")
+    list_select_related = ("instance",)
+    date_hierarchy = "created_at"
+
+
+@admin.register(Tunnel)
+class TunnelAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "instance",
+        "service",
+        "name",
+        "local_port",
+        "remote_port",
+        "status",
+        "last_check_at",
+        "bytes_transferred",
+    )
+    list_filter = ("service", "status")
+    search_fields = ("instance__name", "name")
+    list_select_related = ("instance",)
+
+
+@admin.register(HostKeyPin)
+class HostKeyPinAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("instance", "key_type", "fingerprint", "source", "pinned_by", "pinned_at")
+    search_fields = ("instance__name", "fingerprint")
+    list_select_related = ("instance",)
+
+
+@admin.register(InstanceLease)
+class InstanceLeaseAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("instance", "node", "acquired_at", "expires_at")
+    search_fields = ("instance__name", "node")
+    list_select_related = ("instance",)

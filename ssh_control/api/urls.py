@@ -1,0 +1,13 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from ssh_control.api import views
+
+router = SimpleRouter(trailing_slash="")
+router.register("instances", views.InstanceViewSet, basename="instance")
+
+urlpatterns = [
+    path("ssh-status", views.FleetStatusView.as_view(), name="ssh-status"),
+    path("ssh-metrics", views.FleetMetricsView.as_view(), name="ssh-metrics"),
+    *router.urls,
+]

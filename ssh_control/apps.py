@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SshControlConfig(AppConfig):
+    name = "ssh_control"
+    verbose_name = "SSH control"

@@ -1,0 +1,60 @@
+"""Hands SSH work to the worker node that owns the instance, and waits for its answer.
+
+The owner is whoever holds a live lease (`InstanceLease`); its tasks run on the queue
+`ssh.<node>`. With no live owner the caller gets `SSH manager not initialized`.
+"""
+
+import logging
+
+from celery.exceptions import TimeoutError as CeleryTimeout
+from django.conf import settings
+from django.utils import timezone
+
+from claworc.celery import app
+from ssh_control.exceptions import SSHManagerUnavailable, WorkerTimeout
+from ssh_control.models import Instance, InstanceLease
+
+logger = logging.getLogger(__name__)
+
+TEST_CONNECTION = "ssh_control.test_connection"
+RECONNECT = "ssh_control.reconnect"
+ROTATE_KEY = "ssh_control.rotate_key"
+
+
+def node_queue(node: str) -> str:
+    return f"ssh.{node}"
+
+
+def owner_node(instance: Instance) -> str | None:
+    """The node holding a live lease on the instance, if any."""
+    lease = (
+        InstanceLease.objects.filter(instance=instance, expires_at__gt=timezone.now())
+        .only("node")
+        .first()
+    )
+    return lease.node if lease else None
+
+
+def run_on_owner(instance: Instance, task_name: str, *, timeout: float | None = None, **kwargs):
+    """Run `task_name` on the instance's owner and return its result (a JSON value).
+
+    Errors the worker raises come back as domain exceptions, re-raised here.
+    """
+    node = owner_node(instance)
+    if node is None:
+        raise SSHManagerUnavailable()
+
+    timeout = timeout or settings.CLAWORC_SSH_REQUEST_TIMEOUT_SECONDS
+    result = app.send_task(
+        task_name,
+        kwargs={"instance_id": instance.pk, **kwargs},
+        queue=node_queue(node),
+        expires=timeout,
+    )
+    try:
+        return result.get(timeout=timeout, propagate=True, disable_sync_subtasks=False)
+    except CeleryTimeout:
+        logger.warning("worker timeout node=%s task=%s instance=%s", node, task_name, instance.pk)
+        raise WorkerTimeout(f"SSH worker {node} did not answer within {timeout:g}s") from None
+    finally:
+        result.forget()

@@ -1,0 +1,118 @@
+"""Every error the SSH layer raises, one hierarchy for the whole project.
+
+Each class carries the HTTP status and the stable code that the API's exception handler
+(`claworc.exceptions.api_exception_handler`) puts in the error body, so views never map
+errors themselves. Messages follow the runbook's wording.
+"""
+
+
+class ClaworcError(Exception):
+    """Base class: an error whose message is safe to show an operator."""
+
+    status_code = 400
+    code = "error"
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message or self.default_message)
+
+    default_message = "request failed"
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class SSHManagerUnavailable(ClaworcError):
+    """No live SSH worker holds the instance's lease."""
+
+    status_code = 503
+    code = "ssh_manager_unavailable"
+    default_message = "SSH manager not initialized"
+
+
+class WorkerTimeout(ClaworcError):
+    """The owning SSH worker did not answer in time."""
+
+    status_code = 504
+    code = "worker_timeout"
+
+
+class NoSSHConnection(ClaworcError):
+    status_code = 503
+    code = "no_ssh_connection"
+
+    def __init__(self, reason: str):
+        super().__init__(f"No SSH connection for instance: {reason}")
+
+
+class NoSSHKey(ClaworcError):
+    status_code = 409
+    code = "no_ssh_key"
+    default_message = "Instance has no SSH key configured"
+
+
+class KeyStorageError(ClaworcError):
+    """The key directory or a key file cannot be used (never carries key material)."""
+
+    status_code = 500
+    code = "key_storage_error"
+
+
+class ConnectionRefusedByGate(ClaworcError):
+    """Base for the connection gate's refusals."""
+
+    status_code = 429
+    code = "connection_refused"
+
+
+class ConnectionLimitReached(ConnectionRefusedByGate):
+    status_code = 503
+    code = "max_connections"
+
+    def __init__(self, limit: int):
+        super().__init__(f"connect: maximum connections ({limit}) reached")
+
+
+class RateLimited(ConnectionRefusedByGate):
+    code = "rate_limited"
+
+
+class ConnectionBlocked(ConnectionRefusedByGate):
+    code = "connection_blocked"
+
+
+class SourceIPBlocked(ConnectionRefusedByGate):
+    status_code = 403
+    code = "ip_restricted"
+
+    def __init__(self, ip: str):
+        super().__init__(f"connection blocked: source IP {ip} is not in the allowed list")
+
+
+class HostKeyMismatch(ConnectionRefusedByGate):
+    status_code = 409
+    code = "fingerprint_mismatch"
+
+    def __init__(self, expected: str, actual: str):
+        super().__init__(f"SSH key fingerprint mismatch: expected {expected}, got {actual}")
+
+
+class KeyRotationFailed(ClaworcError):
+    status_code = 502
+    code = "key_rotation_failed"
+
+    def __init__(self, reason: str):
+        super().__init__(f"Key rotation failed: {reason}")
+
+
+class RotationInProgress(ClaworcError):
+    status_code = 409
+    code = "rotation_in_progress"
+
+
+class TunnelNotFound(ClaworcError):
+    status_code = 404
+    code = "tunnel_not_found"
+
+    def __init__(self, service: str, instance_name: str):
+        super().__init__(f"no {service} tunnel found for instance {instance_name}")

@@ -1,0 +1,132 @@
+"""Instance life cycle and security settings: the writes behind the API and the admin.
+
+Each service validates, writes in one transaction, audits, and runs file side effects
+only once the outcome is known, so the API and the admin behave the same.
+"""
+
+import logging
+
+from django.db import transaction
+from django.utils import timezone
+
+from audit.choices import AuditEventType
+from audit.services import audit_record
+from ssh_control import keys
+from ssh_control.choices import GrantLevel
+from ssh_control.models import ConnectionStatus, Instance, InstanceGrant
+from ssh_control.validators import parse_allowed_ips
+
+logger = logging.getLogger(__name__)
+
+INSTANCE_FIELDS = (
+    "ssh_host",
+    "ssh_port",
+    "ssh_user",
+    "vnc_port",
+    "gateway_port",
+    "key_rotation_policy_days",
+)
+
+
+def instance_create(name: str, *, actor, grants: list | None = None, **fields) -> Instance:
+    """Register an instance with a fresh key pair; the key file exists iff the row does."""
+    instance = Instance(
+        name=name, **{field: value for field, value in fields.items() if field in INSTANCE_FIELDS}
+    )
+    instance.full_clean(exclude=("ssh_public_key", "ssh_key_fingerprint"))
+
+    key = keys.generate_key_pair(name)
+    keys.write_private_key(name, key)
+    try:
+        with transaction.atomic():
+            instance.ssh_public_key = key.public_key
+            instance.ssh_key_fingerprint = key.fingerprint
+            instance.ssh_key_created_at = timezone.now()
+            instance.save()
+            ConnectionStatus.objects.create(instance=instance)
+            _replace_grants(instance, grants or [])
+    except BaseException:
+        keys.delete_private_key(name)
+        raise
+
+    audit_record(
+        AuditEventType.INSTANCE_CREATED,
+        instance=instance,
+        actor=actor,
+        details=f"instance {name} created for {instance.ssh_user}@{instance.ssh_host}:"
+        f"{instance.ssh_port}, key {key.fingerprint}",
+        data={"fingerprint": key.fingerprint},
+    )
+    logger.info("instance created name=%s fingerprint=%s", name, key.fingerprint)
+    return instance
+
+
+def instance_update(instance: Instance, *, actor, grants: list | None = None, **fields) -> Instance:
+    """Change connection settings and, when given, replace the grants."""
+    changes = {}
+    for field, value in fields.items():
+        if field in INSTANCE_FIELDS and getattr(instance, field) != value:
+            changes[field] = {"from": getattr(instance, field), "to": value}
+            setattr(instance, field, value)
+
+    with transaction.atomic():
+        instance.full_clean()
+        instance.save()
+        if grants is not None:
+            _replace_grants(instance, grants)
+
+    if changes or grants is not None:
+        summary = ", ".join(f"{name}: {c['from']} -> {c['to']}" for name, c in changes.items())
+        audit_record(
+            AuditEventType.INSTANCE_UPDATED,
+            instance=instance,
+            actor=actor,
+            details=f"instance {instance.name} updated" + (f" ({summary})" if summary else ""),
+            data={"changes": changes, "grants_replaced": grants is not None},
+        )
+    return instance
+
+
+def instance_delete(instance: Instance, *, actor) -> None:
+    """Delete the instance and, after commit, its private key file."""
+    name, pk = instance.name, instance.pk
+    with transaction.atomic():
+        instance.delete()
+        transaction.on_commit(lambda: keys.delete_private_key(name))
+    audit_record(
+        AuditEventType.INSTANCE_DELETED,
+        instance_name=name,
+        actor=actor,
+        details=f"instance {name} (id {pk}) deleted with its key",
+        data={"instance_id": pk},
+    )
+
+
+def instance_set_allowed_ips(instance: Instance, *, allowed_ips: str, actor) -> str:
+    """Validate and store the source-IP restriction; returns the normalised list."""
+    normalised = parse_allowed_ips(allowed_ips)
+    previous = instance.allowed_source_ips
+    if normalised == previous:
+        return normalised
+
+    instance.allowed_source_ips = normalised
+    instance.save(update_fields=["allowed_source_ips", "updated_at"])
+    audit_record(
+        AuditEventType.ALLOWED_IPS_CHANGED,
+        instance=instance,
+        actor=actor,
+        details=f"allowed source IPs changed from '{previous or 'any'}' to '{normalised or 'any'}'",
+        data={"from": previous, "to": normalised},
+    )
+    return normalised
+
+
+def _replace_grants(instance: Instance, grants: list) -> None:
+    """Grants are `{"user": <user>, "level": "view" | "operate"}`; the list replaces all."""
+    instance.grants.all().delete()
+    InstanceGrant.objects.bulk_create(
+        InstanceGrant(
+            instance=instance, user=grant["user"], level=grant.get("level", GrantLevel.VIEW)
+        )
+        for grant in grants
+    )
