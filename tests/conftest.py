@@ -1,0 +1,75 @@
+"""Fixtures shared by the whole suite: users at each access level and API clients."""
+
+import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.test import APIClient
+
+from ssh_control import services
+from ssh_control.choices import GrantLevel
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def make_user(db):
+    def make(username: str, *, is_staff: bool = False):
+        return get_user_model().objects.create_user(
+            username=username, password=PASSWORD, is_staff=is_staff
+        )
+
+    return make
+
+
+@pytest.fixture
+def admin_user(make_user):
+    return make_user("admin", is_staff=True)
+
+
+@pytest.fixture
+def viewer(make_user):
+    return make_user("viewer")
+
+
+@pytest.fixture
+def operator(make_user):
+    return make_user("operator")
+
+
+@pytest.fixture
+def stranger(make_user):
+    return make_user("stranger")
+
+
+@pytest.fixture
+def make_instance(db):
+    """Creates instances through the service, so each gets its real key file."""
+
+    def make(name: str = "agent-1", *, actor="pytest", grants=None, **fields):
+        fields.setdefault("ssh_host", "127.0.0.1")
+        return services.instance_create(name, actor=actor, grants=grants or [], **fields)
+
+    return make
+
+
+@pytest.fixture
+def instance(make_instance, viewer, operator):
+    """An instance that `viewer` may view and `operator` may operate."""
+    return make_instance(
+        "agent-1",
+        grants=[
+            {"user": viewer, "level": GrantLevel.VIEW},
+            {"user": operator, "level": GrantLevel.OPERATE},
+        ],
+    )
+
+
+def client_for(user) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        client.force_authenticate(user=user)
+    return client
+
+
+@pytest.fixture
+def admin_client(admin_user):
+    return client_for(admin_user)
