@@ -10,6 +10,15 @@ from ssh_control.choices import GrantLevel
 PASSWORD = "correct horse battery staple"
 
 
+@pytest.fixture(autouse=True)
+def isolated_data_dir(settings, tmp_path):
+    """Each test gets its own data dir, so key files never leak between tests."""
+    settings.DATA_DIR = tmp_path / "data"
+    settings.CLAWORC_SSH_KEY_DIR = settings.DATA_DIR / "ssh-keys"
+    settings.DATA_DIR.mkdir()
+    return settings.DATA_DIR
+
+
 @pytest.fixture
 def make_user(db):
     def make(username: str, *, is_staff: bool = False):

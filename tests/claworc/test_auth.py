@@ -1,0 +1,167 @@
+"""Login, logout and the session cookie, including the CSRF rules for browsers and curl."""
+
+import pytest
+from django.test import Client
+
+from audit.models import AuditEntry
+from tests.conftest import PASSWORD
+
+
+def login(client: Client, username: str, password: str = PASSWORD, **headers):
+    return client.post(
+        "/api/v1/auth/login",
+        {"username": username, "password": password},
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+@pytest.fixture
+def session_token(admin_user) -> str:
+    response = login(Client(), "admin")
+    assert response.status_code == 200
+    return response.cookies["session"].value
+
+
+def curl(method: str, path: str, token: str, body=None, **headers):
+    """A request shaped like the runbook's curl commands: the cookie by hand, no Origin."""
+    client = Client(enforce_csrf_checks=True)
+    return getattr(client, method)(
+        path,
+        body,
+        content_type="application/json",
+        headers={"Cookie": f"session={token}", **headers},
+    )
+
+
+def test_login_with_valid_credentials_sets_session_cookie(admin_user):
+    response = login(Client(), "admin")
+
+    cookie = response.cookies["session"]
+    assert response.status_code == 200
+    assert response.json() == {"id": admin_user.pk, "username": "admin", "is_admin": True}
+    assert cookie["httponly"]
+    assert cookie["samesite"] == "Lax"
+
+
+def test_login_with_wrong_password_or_user_gives_same_401(admin_user):
+    wrong_password = login(Client(), "admin", "nope")
+    unknown_user = login(Client(), "nobody", "nope")
+
+    assert wrong_password.status_code == unknown_user.status_code == 401
+    assert wrong_password.json() == unknown_user.json()
+    assert "session" not in wrong_password.cookies
+
+
+def test_login_with_missing_fields_gives_400(db):
+    response = Client().post("/api/v1/auth/login", {}, content_type="application/json")
+
+    assert response.status_code == 400
+    assert "username" in response.json()["error"]
+
+
+def test_login_with_malformed_json_gives_400(db):
+    response = Client().post("/api/v1/auth/login", "{not json", content_type="application/json")
+
+    assert response.status_code == 400
+    assert "JSON" in response.json()["error"]
+
+
+def test_login_is_audited_with_client_ip(admin_user):
+    login(Client(REMOTE_ADDR="192.0.2.7"), "admin")
+    login(Client(REMOTE_ADDR="192.0.2.8"), "admin", "wrong")
+
+    entries = {entry.event_type: entry for entry in AuditEntry.objects.all()}
+    assert entries["login"].username == "admin"
+    assert entries["login"].source_ip == "192.0.2.7"
+    assert entries["login_failed"].source_ip == "192.0.2.8"
+
+
+def test_me_with_session_cookie_returns_user(session_token):
+    response = curl("get", "/api/v1/auth/me", session_token)
+
+    assert response.status_code == 200
+    assert response.json()["username"] == "admin"
+
+
+def test_logout_ends_the_session(session_token):
+    assert curl("post", "/api/v1/auth/logout", session_token).status_code == 204
+
+    assert curl("get", "/api/v1/auth/me", session_token).status_code == 401
+
+
+def test_session_of_deactivated_user_is_refused(session_token, admin_user):
+    admin_user.is_active = False
+    admin_user.save()
+
+    assert curl("get", "/api/v1/ssh-audit-logs", session_token).status_code == 401
+
+
+def test_curl_post_with_cookie_and_no_origin_is_accepted(session_token, make_instance):
+    instance = make_instance("agent-csrf")
+
+    response = curl(
+        "put",
+        f"/api/v1/instances/{instance.pk}/ssh-allowed-ips",
+        session_token,
+        {"allowed_ips": "10.0.0.5"},
+    )
+
+    assert response.status_code == 200
+    assert response.json() == {"allowed_ips": "10.0.0.5"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://testserver.evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://testserver"},
+    ],
+    ids=["foreign-origin", "null-origin", "lookalike-origin", "cross-site", "same-site"],
+)
+def test_browser_post_from_another_origin_is_refused(session_token, make_instance, headers):
+    instance = make_instance("agent-csrf")
+
+    response = curl(
+        "put",
+        f"/api/v1/instances/{instance.pk}/ssh-allowed-ips",
+        session_token,
+        {"allowed_ips": "10.0.0.5"},
+        **headers,
+    )
+
+    instance.refresh_from_db()
+    assert response.status_code == 403
+    assert "CSRF" in response.json()["error"]
+    assert instance.allowed_source_ips == ""
+
+
+def test_browser_post_from_same_origin_is_accepted(session_token, make_instance):
+    instance = make_instance("agent-csrf")
+
+    response = curl(
+        "put",
+        f"/api/v1/instances/{instance.pk}/ssh-allowed-ips",
+        session_token,
+        {"allowed_ips": "10.0.0.6"},
+        Origin="http://testserver",
+        **{"Sec-Fetch-Site": "same-origin"},
+    )
+
+    assert response.status_code == 200
+
+
+def test_cross_origin_login_is_refused(admin_user):
+    response = login(Client(), "admin", Origin="https://evil.example")
+
+    assert response.status_code == 403
+    assert "session" not in response.cookies
+
+
+def test_cross_origin_get_is_allowed_since_it_changes_nothing(session_token):
+    response = curl("get", "/api/v1/auth/me", session_token, Origin="https://evil.example")
+
+    assert response.status_code == 200
