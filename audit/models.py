@@ -11,9 +11,10 @@ class AuditEntry(models.Model):
     """One audited action. Names are copied in so the row outlives its instance and user."""
 
     entry_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # DO_NOTHING: deleting an instance must not rewrite its entries; the id stays behind.
     instance = models.ForeignKey(
         "ssh_control.Instance",
-        on_delete=models.SET_NULL,
+        on_delete=models.DO_NOTHING,
         null=True,
         blank=True,
         related_name="audit_entries",

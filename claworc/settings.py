@@ -259,3 +259,16 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+
+# Audit writer (#3): the non-blocking queue in front of the audit table and the durable
+# spool that holds entries while the database is unavailable.
+CLAWORC_AUDIT_QUEUE_SIZE = env_int("CLAWORC_AUDIT_QUEUE_SIZE", 10_000, minimum=1)
+CLAWORC_AUDIT_BATCH_SIZE = env_int("CLAWORC_AUDIT_BATCH_SIZE", 500, minimum=1)
+CLAWORC_AUDIT_RETRY_MAX_SECONDS = env_seconds("CLAWORC_AUDIT_RETRY_MAX_SECONDS", 30)
+CLAWORC_AUDIT_SHUTDOWN_TIMEOUT_SECONDS = env_seconds("CLAWORC_AUDIT_SHUTDOWN_TIMEOUT_SECONDS", 10)
+CLAWORC_AUDIT_SPOOL_DIR = DATA_DIR / "audit-spool"
+# User-supplied values in log messages cannot forge extra log lines.
+LOGGING["formatters"]["plain"] = {
+    "()": "audit.logsafe.ControlCharacterEscapingFormatter",
+    "fmt": LOGGING["formatters"]["plain"]["format"],
+}
