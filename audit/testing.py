@@ -6,7 +6,7 @@ audit table and a fresh writer: after the test it flushes the writer, deletes th
 committed, and discards the writer and its spool.
 """
 
-import logging
+import contextlib
 import shutil
 import threading
 
@@ -14,8 +14,6 @@ import pytest
 from django.db import connections
 
 from audit import writer as audit_writer
-
-logger = logging.getLogger(__name__)
 
 DB_FIXTURES = {
     "db",
@@ -29,24 +27,23 @@ TEARDOWN_TIMEOUT_SECONDS = 30.0
 
 @pytest.fixture(autouse=True)
 def audit_writes_isolated(request, django_db_blocker):
+    started_before = audit_writer.AuditWriter.started_count
     yield
-    writer = audit_writer._default
-    if writer is None:
-        return
-    audit_writer._default = None
+    if audit_writer.AuditWriter.started_count == started_before:
+        return  # no writer ran: nothing was committed behind the test's back
+    writer, audit_writer._default = audit_writer._default, None
 
     uses_db = bool(DB_FIXTURES & set(request.fixturenames)) or bool(
         request.node.get_closest_marker("django_db")
     )
-    if uses_db:
-        with django_db_blocker.unblock():
-            writer.flush(TEARDOWN_TIMEOUT_SECONDS)
+    with django_db_blocker.unblock() if uses_db else contextlib.nullcontext():
+        if writer is not None:
+            # Without database access the writer spooled everything instead.
+            writer.flush(TEARDOWN_TIMEOUT_SECONDS if uses_db else 0)
             writer.stop(TEARDOWN_TIMEOUT_SECONDS)
+            shutil.rmtree(writer.spool.directory, ignore_errors=True)
+        if uses_db:
             delete_committed_entries()
-    else:
-        # Without database access the writer spooled everything; nothing reached a table.
-        writer.stop(TEARDOWN_TIMEOUT_SECONDS)
-    shutil.rmtree(writer.spool.directory, ignore_errors=True)
 
 
 def delete_committed_entries() -> None:

@@ -44,6 +44,9 @@ _STOP = object()
 class AuditWriter:
     """One queue, one writer thread and one spool; see the module docstring."""
 
+    # Threads started by any writer in this process; lets test isolation skip cleanup.
+    started_count = 0
+
     def __init__(
         self,
         *,
@@ -130,6 +133,7 @@ class AuditWriter:
                 except RuntimeError:
                     return False  # interpreter shutting down: the caller spools instead
                 self._thread = thread
+                AuditWriter.started_count += 1
         return True
 
     def _run(self) -> None:
