@@ -5,6 +5,7 @@ theirs. Validation errors add `fields`, the per-field messages.
 """
 
 import logging
+import math
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -36,7 +37,10 @@ def api_exception_handler(exc, context):
     if isinstance(exc, ClaworcError):
         set_rollback()
         body = {"error": exc.message, "code": exc.code}
-        return Response(body, status=exc.status_code)
+        headers = {}
+        if getattr(exc, "retry_after", None) is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return Response(body, status=exc.status_code, headers=headers)
 
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

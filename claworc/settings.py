@@ -272,3 +272,10 @@ LOGGING["formatters"]["plain"] = {
     "()": "audit.logsafe.ControlCharacterEscapingFormatter",
     "fmt": LOGGING["formatters"]["plain"]["format"],
 }
+
+# Connection manager (#4). Its periodic work (lease heartbeat, keepalive and health sweeps,
+# slow retry of failed instances) runs in the SSH worker's own threads, not in beat.
+CLAWORC_SSH_HEALTH_CHECK_INTERVAL_SECONDS = env_seconds(
+    "CLAWORC_SSH_HEALTH_CHECK_INTERVAL_SECONDS", 60
+)
+CLAWORC_SSH_MANAGER_THREADS = env_int("CLAWORC_SSH_MANAGER_THREADS", 16, minimum=1)

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from claworc.celery import app
-from ssh_control.exceptions import SSHManagerUnavailable, WorkerTimeout
+from ssh_control.exceptions import ClaworcError, SSHManagerUnavailable, WorkerTimeout
 from ssh_control.models import Instance, InstanceLease
 
 logger = logging.getLogger(__name__)
@@ -52,9 +52,33 @@ def run_on_owner(instance: Instance, task_name: str, *, timeout: float | None = 
         expires=timeout,
     )
     try:
-        return result.get(timeout=timeout, propagate=True, disable_sync_subtasks=False)
+        answer = result.get(timeout=timeout, propagate=True, disable_sync_subtasks=False)
     except CeleryTimeout:
         logger.warning("worker timeout node=%s task=%s instance=%s", node, task_name, instance.pk)
         raise WorkerTimeout(f"SSH worker {node} did not answer within {timeout:g}s") from None
     finally:
         result.forget()
+    if isinstance(answer, dict) and answer.get("ok") is False:
+        raise remote_error(answer)
+    return answer
+
+
+def remote_error(payload: dict) -> ClaworcError:
+    """The domain exception a worker reported, rebuilt with its class, message and status."""
+    cls = _error_classes().get(payload.get("code"), ClaworcError)
+    error = cls.__new__(cls)
+    Exception.__init__(error, payload.get("error") or "request failed")
+    error.status_code = payload.get("status") or cls.status_code
+    error.code = payload.get("code") or cls.code
+    if payload.get("retry_after") is not None:
+        error.retry_after = payload["retry_after"]
+    return error
+
+
+def _error_classes() -> dict:
+    classes, pending = {}, [ClaworcError]
+    while pending:
+        cls = pending.pop()
+        classes.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return classes

@@ -58,6 +58,13 @@ class KeyStorageError(ClaworcError):
     code = "key_storage_error"
 
 
+class SSHConnectionError(ClaworcError):
+    """Connecting, authenticating or a round trip over the connection failed or timed out."""
+
+    status_code = 502
+    code = "ssh_error"
+
+
 class ConnectionRefusedByGate(ClaworcError):
     """Base for the connection gate's refusals."""
 

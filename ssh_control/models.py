@@ -96,6 +96,11 @@ class HostKeyPin(models.Model):
     source = models.CharField(max_length=16, choices=HostKeyPinSource.choices)
     pinned_by = models.CharField(max_length=150, blank=True, default="")
     pinned_at = models.DateTimeField(auto_now=True)
+    # The last different key an agent presented, refused until an admin accepts it.
+    offered_key_type = models.CharField(max_length=64, blank=True, default="")
+    offered_public_key = models.TextField(blank=True, default="")
+    offered_fingerprint = models.CharField(max_length=100, blank=True, default="")
+    offered_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self):
         return f"{self.instance} {self.fingerprint}"

@@ -6,14 +6,15 @@ only once the outcome is known, so the API and the admin behave the same.
 
 import logging
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from audit.choices import AuditEventType
 from audit.services import audit_record
 from ssh_control import keys
-from ssh_control.choices import GrantLevel
-from ssh_control.models import ConnectionStatus, Instance, InstanceGrant
+from ssh_control.choices import GrantLevel, HostKeyPinSource
+from ssh_control.models import ConnectionStatus, HostKeyPin, Instance, InstanceGrant
 from ssh_control.validators import parse_allowed_ips
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,42 @@ def instance_set_allowed_ips(instance: Instance, *, allowed_ips: str, actor) -> 
         data={"from": previous, "to": normalised},
     )
     return normalised
+
+
+def host_key_accept(instance: Instance, *, fingerprint: str, actor) -> HostKeyPin:
+    """Pin the host key the agent last presented and was refused for, named by fingerprint."""
+    with transaction.atomic():
+        pin = HostKeyPin.objects.select_for_update().filter(instance=instance).first()
+        if pin is not None and pin.fingerprint == fingerprint:
+            return pin
+        if pin is None or not pin.offered_fingerprint:
+            raise ValidationError(
+                {"fingerprint": f"instance {instance.name} has no refused host key to accept"}
+            )
+        if pin.offered_fingerprint != fingerprint:
+            raise ValidationError(
+                {
+                    "fingerprint": f"{fingerprint[:80]} is not the key the agent presented "
+                    f"({pin.offered_fingerprint})"
+                }
+            )
+        previous = pin.fingerprint
+        pin.key_type, pin.public_key = pin.offered_key_type, pin.offered_public_key
+        pin.fingerprint, pin.source = pin.offered_fingerprint, HostKeyPinSource.ADMIN
+        pin.pinned_by = actor if isinstance(actor, str) else actor.get_username()
+        pin.offered_key_type = pin.offered_public_key = pin.offered_fingerprint = ""
+        pin.offered_at = None
+        pin.save()
+
+    audit_record(
+        AuditEventType.HOST_KEY_ACCEPTED,
+        instance=instance,
+        actor=actor,
+        details=f"host key {fingerprint} accepted, replacing {previous}",
+        data={"from": previous, "to": fingerprint},
+    )
+    logger.info("host key accepted instance=%s fingerprint=%s", instance.name, fingerprint)
+    return pin
 
 
 def _replace_grants(instance: Instance, grants: list) -> None:

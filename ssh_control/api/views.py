@@ -8,6 +8,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -16,6 +17,7 @@ from ssh_control import dispatch, selectors, services
 from ssh_control.access import ADMIN, HasInstanceLevel, visible_instances
 from ssh_control.api import serializers
 from ssh_control.choices import GrantLevel
+from ssh_control.exceptions import ClaworcError
 
 EVENT_LIMIT_DEFAULT = 50
 EVENT_LIMIT_MAX = 1000
@@ -44,6 +46,7 @@ class InstanceViewSet(viewsets.ModelViewSet):
         "ssh_reconnect": GrantLevel.OPERATE,
         "rotate_ssh_key": ADMIN,
         "ssh_allowed_ips": ADMIN,
+        "ssh_host_key_accept": ADMIN,
         "metadata": GrantLevel.VIEW,
     }
 
@@ -107,7 +110,28 @@ class InstanceViewSet(viewsets.ModelViewSet):
     @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["post"], url_path="ssh-reconnect")
     def ssh_reconnect(self, request, pk=None):
-        return Response(dispatch.run_on_owner(self.get_object(), dispatch.RECONNECT))
+        return Response(
+            dispatch.run_on_owner(
+                self.get_object(), dispatch.RECONNECT, actor=request.user.get_username()
+            )
+        )
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
+    @action(detail=True, methods=["post"], url_path="ssh-host-key/accept")
+    def ssh_host_key_accept(self, request, pk=None):
+        """Trust the key the agent presented; then ask the owner to reconnect with it."""
+        fingerprint = request.data.get("fingerprint")
+        if not isinstance(fingerprint, str) or not fingerprint.startswith("SHA256:"):
+            raise ValidationError({"fingerprint": "expected a fingerprint like SHA256:..."})
+        instance = self.get_object()
+        pin = services.host_key_accept(instance, fingerprint=fingerprint, actor=request.user)
+        try:
+            reconnect = dispatch.run_on_owner(
+                instance, dispatch.RECONNECT, actor=request.user.get_username()
+            )
+        except ClaworcError as exc:
+            reconnect = {"success": False, "error": exc.message, "code": exc.code}
+        return Response({"accepted": True, "fingerprint": pin.fingerprint, "reconnect": reconnect})
 
     @extend_schema(request=None, responses=serializers.RotationResultSerializer)
     @action(detail=True, methods=["post"], url_path="rotate-ssh-key")

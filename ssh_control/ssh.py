@@ -1,0 +1,334 @@
+"""The one module that talks to paramiko: verified connections, timed round trips, exec.
+
+Everything here is bounded by a timeout and raises domain exceptions only
+(`SSHConnectionError`, `HostKeyMismatch`), so the rest of the project never sees the SSH
+library. A `Connection` is safe to share between threads: tunnels, commands and health
+checks all multiplex over its one transport.
+"""
+
+import base64
+import hashlib
+import io
+import ipaddress
+import logging
+import re
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ssh_control.exceptions import HostKeyMismatch, SSHConnectionError
+
+logger = logging.getLogger(__name__)
+
+KEEPALIVE_REQUEST = "keepalive@openssh.com"
+# CBC modes, 3DES, SHA-1 and MD5 MACs and SHA-1 key exchanges are never offered.
+_WEAK_ALGORITHM = re.compile(r"cbc|3des|md5|hmac-sha1|sha1$|group1-|group14-sha1|ssh-rsa$|ssh-dss")
+# How often a transport thread wakes to notice it was closed. paramiko's 0.1 s costs a
+# busy core at a few hundred idle connections; liveness is proven by keepalives instead.
+TRANSPORT_WAKE_SECONDS = 1.0
+READ_CHUNK = 32768
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """An SSH host key as stored in a pin: type, base64 blob and SHA256 fingerprint."""
+
+    key_type: str
+    public_key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_status: int
+    stdout: bytes
+    stderr: bytes
+    duration_ms: float
+
+
+def fingerprint_of_blob(blob: bytes) -> str:
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"
+
+
+def normalise_ip(address: str) -> str:
+    """An IP address as text, with IPv4-mapped IPv6 (`::ffff:a.b.c.d`) shown as IPv4."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def resolve(host: str, port: int) -> list[tuple]:
+    """The TCP socket addresses of `host:port` as (family, sockaddr), in resolver order."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise SSHConnectionError(f"cannot resolve {host}: {exc.strerror}") from None
+    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+
+
+def route_source_address(family: int, sockaddr: tuple) -> str:
+    """The local address the kernel would use toward `sockaddr`, without sending a packet.
+
+    Connecting a UDP socket only selects a route, so the restriction is checked before
+    anything reaches the agent.
+    """
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        probe.connect(sockaddr)
+        return normalise_ip(probe.getsockname()[0])
+    except OSError as exc:
+        raise SSHConnectionError(f"no route to {sockaddr[0]}: {exc.strerror}") from None
+    finally:
+        probe.close()
+
+
+class _Transport(paramiko.Transport):
+    """A client transport whose global requests can be awaited with a deadline.
+
+    OpenSSH answers global requests in the order they were sent, so a FIFO of events
+    pairs each reply with its request.
+    """
+
+    _active_check_timeout = TRANSPORT_WAKE_SECONDS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pending_replies = deque()
+        self.request_lock = threading.Lock()
+
+    def _parse_request_success(self, m):
+        super()._parse_request_success(m)
+        self._reply_arrived()
+
+    def _parse_request_failure(self, m):
+        super()._parse_request_failure(m)
+        self._reply_arrived()
+
+    def _reply_arrived(self):
+        try:
+            self.pending_replies.popleft().set()
+        except IndexError:
+            logger.debug("unexpected global request reply")
+
+    def send_keepalive(self) -> threading.Event:
+        """Send `keepalive@openssh.com` with want-reply; the event is set by the reply."""
+        reply = threading.Event()
+        message = paramiko.Message()
+        message.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
+        message.add_string(KEEPALIVE_REQUEST)
+        message.add_boolean(True)
+        with self.request_lock:
+            self.pending_replies.append(reply)
+            self._send_user_message(message)
+        return reply
+
+
+def _disabled_algorithms() -> dict:
+    preferred = {
+        "ciphers": paramiko.Transport._preferred_ciphers,
+        "macs": paramiko.Transport._preferred_macs,
+        "kex": paramiko.Transport._preferred_kex,
+        "keys": paramiko.Transport._preferred_keys,
+        "pubkeys": paramiko.Transport._preferred_pubkeys,
+    }
+    return {
+        kind: [name for name in names if _WEAK_ALGORITHM.search(name)]
+        for kind, names in preferred.items()
+    }
+
+
+def _paramiko_key(private_key: Ed25519PrivateKey) -> paramiko.PKey:
+    body = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    return paramiko.Ed25519Key(file_obj=io.StringIO(body.decode()))
+
+
+def _host_key(key: paramiko.PKey) -> HostKey:
+    blob = key.asbytes()
+    return HostKey(key.get_name(), base64.b64encode(blob).decode(), fingerprint_of_blob(blob))
+
+
+class Connection:
+    """One authenticated SSH connection to an agent, shared by all users of it."""
+
+    def __init__(self, transport: _Transport, *, host_key: HostKey, local_address: str):
+        self._transport = transport
+        self.host_key = host_key
+        self.local_address = local_address
+        self.connected_at = time.monotonic()
+
+    def __repr__(self):
+        return f"Connection(local={self.local_address}, host_key={self.host_key.fingerprint})"
+
+    @property
+    def is_open(self) -> bool:
+        """Only that the socket is not known to be closed; use `keepalive` for liveness."""
+        return self._transport.is_active()
+
+    def keepalive(self, *, timeout: float) -> float:
+        """One timed `keepalive@openssh.com` round trip; returns its duration in seconds."""
+        started = time.monotonic()
+        reply = self.send_keepalive()
+        return self.await_keepalive(reply, started=started, timeout=timeout)
+
+    def send_keepalive(self) -> threading.Event:
+        """Send a keepalive without waiting, so a sweep can await many at once."""
+        try:
+            return self._transport.send_keepalive()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHConnectionError(f"keepalive not sent: {exc or type(exc).__name__}") from None
+
+    def await_keepalive(self, reply: threading.Event, *, started: float, timeout: float) -> float:
+        remaining = max(0.0, started + timeout - time.monotonic())
+        if not reply.wait(remaining):
+            raise SSHConnectionError(f"keepalive: no reply within {timeout:g}s")
+        if not self._transport.is_active():
+            raise SSHConnectionError("keepalive: connection closed")
+        return time.monotonic() - started
+
+    def run(self, command: str, *, timeout: float, stdin: bytes | None = None) -> CommandResult:
+        """Run `command` in a new session channel; the whole call is bounded by `timeout`."""
+        started = time.monotonic()
+        deadline = started + timeout
+        try:
+            channel = self._transport.open_session(timeout=timeout)
+            try:
+                channel.settimeout(timeout)
+                channel.exec_command(command)
+                if stdin is not None:
+                    channel.sendall(stdin)
+                channel.shutdown_write()
+                stdout = _read_all(channel.recv, deadline)
+                stderr = _read_all(channel.recv_stderr, deadline)
+                if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError()
+                status = channel.exit_status
+            finally:
+                channel.close()
+        except TimeoutError:
+            raise SSHConnectionError(f"command timed out after {timeout:g}s") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHConnectionError(f"command failed: {exc or type(exc).__name__}") from None
+        duration_ms = (time.monotonic() - started) * 1000
+        return CommandResult(status, stdout, stderr, duration_ms)
+
+    def open_direct_tcpip(self, host: str, port: int, *, timeout: float, originator=None):
+        """A `direct-tcpip` channel to `host:port` as seen from the agent (`ssh -L`).
+
+        The channel behaves like a connected socket (`send`, `recv`, `close`, `fileno`).
+        """
+        try:
+            return self._transport.open_channel(
+                "direct-tcpip", (host, port), originator or ("127.0.0.1", 0), timeout=timeout
+            )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHConnectionError(
+                f"channel to {host}:{port} refused: {exc or type(exc).__name__}"
+            ) from None
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+def _read_all(recv, deadline: float) -> bytes:
+    chunks = []
+    while True:
+        if time.monotonic() > deadline:
+            raise TimeoutError()
+        chunk = recv(READ_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def connect(
+    *,
+    family: int,
+    sockaddr: tuple,
+    username: str,
+    private_key: Ed25519PrivateKey,
+    pinned: HostKey | None,
+    timeout: float,
+) -> Connection:
+    """Open, verify and authenticate a connection; every phase is bounded by `timeout`.
+
+    The host key is compared with `pinned` after key exchange and before any credential
+    is offered; a different key raises HostKeyMismatch carrying the offered key.
+    """
+    sock = _open_socket(family, sockaddr, timeout)
+    local_address = normalise_ip(sock.getsockname()[0])
+    transport = _Transport(sock, disabled_algorithms=_disabled_algorithms())
+    transport.banner_timeout = transport.handshake_timeout = transport.auth_timeout = timeout
+    if pinned is not None:
+        _prefer_key_type(transport, pinned.key_type)
+    try:
+        host_key = _negotiate(transport, timeout)
+        if pinned is not None and host_key.fingerprint != pinned.fingerprint:
+            raise host_key_mismatch(pinned.fingerprint, host_key)
+        _authenticate(transport, username, private_key)
+    except BaseException:
+        transport.close()
+        raise
+    return Connection(transport, host_key=host_key, local_address=local_address)
+
+
+def host_key_mismatch(expected: str, offered: HostKey) -> HostKeyMismatch:
+    """The refusal, carrying the expected fingerprint and the key the agent offered."""
+    error = HostKeyMismatch(expected, offered.fingerprint)
+    error.expected = expected
+    error.offered = offered
+    return error
+
+
+def _open_socket(family: int, sockaddr: tuple, timeout: float) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(sockaddr)
+    except TimeoutError:
+        sock.close()
+        raise SSHConnectionError(f"connect: timed out after {timeout:g}s") from None
+    except OSError as exc:
+        sock.close()
+        raise SSHConnectionError(f"connect: {exc.strerror or exc}") from None
+    # Small request/reply packets must not wait for Nagle's algorithm.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    return sock
+
+
+def _prefer_key_type(transport: _Transport, key_type: str) -> None:
+    options = transport.get_security_options()
+    types = list(options.key_types)
+    if key_type in types:
+        options.key_types = [key_type] + [name for name in types if name != key_type]
+
+
+def _negotiate(transport: _Transport, timeout: float) -> HostKey:
+    try:
+        transport.start_client(timeout=timeout)
+        return _host_key(transport.get_remote_server_key())
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise SSHConnectionError(f"handshake failed: {exc or type(exc).__name__}") from None
+
+
+def _authenticate(transport: _Transport, username: str, private_key: Ed25519PrivateKey) -> None:
+    try:
+        transport.auth_publickey(username, _paramiko_key(private_key))
+    except paramiko.AuthenticationException:
+        raise SSHConnectionError(f"authentication as {username} failed") from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise SSHConnectionError(f"authentication failed: {exc or type(exc).__name__}") from None
+    if not transport.is_authenticated():
+        raise SSHConnectionError(f"authentication as {username} failed")

@@ -1,0 +1,158 @@
+"""The connection gate on real SSH workers: rate limit, failure block, IP restriction."""
+
+import pytest
+
+from audit.models import AuditEntry
+from ssh_control import services
+from ssh_control.choices import ConnectionEventType, ConnectionState
+from ssh_control.manager.gate import source_ip_allowed
+from ssh_control.models import ConnectionEvent
+from tests.agents import CountingListener, wait_until
+from tests.conftest import client_for
+from tests.ssh_control.conftest import lease_node, status_of, wait_status
+
+
+def _url(instance, action: str) -> str:
+    return f"/api/v1/instances/{instance.pk}/{action}"
+
+
+def _blocked_events(instance):
+    return ConnectionEvent.objects.filter(
+        instance=instance,
+        event_type=ConnectionEventType.RATE_LIMITED,
+        reason__startswith=f"connection blocked for {instance.name}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "allowed", "expected"),
+    [
+        ("127.0.0.1", "", True),
+        ("127.0.0.1", "127.0.0.0/8", True),
+        ("127.0.0.1", "::ffff:127.0.0.1", True),
+        ("127.0.0.1", "10.0.0.0/8, 192.168.1.5", False),
+        ("::1", "127.0.0.1", False),
+    ],
+)
+def test_manager_source_ip_allowed_mapped_ipv6_normalised(source, allowed, expected):
+    assert source_ip_allowed(source, allowed) is expected
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_manager_rate_limit_exact_across_two_workers(
+    make_instance, make_agent, start_worker, admin_user
+):
+    instance = make_instance("gate-1")
+    agent = make_agent(instance)
+    instance.ssh_port = agent.port
+    instance.save()
+    first, second = start_worker(), start_worker()
+    agent.wait_ready()
+    first.wait_ready()
+    second.wait_ready()
+    client = client_for(admin_user)
+
+    # Attempt 1 is the owner's own connect; 2-5 are tests on the same owner.
+    wait_status(instance, timeout=15, state=ConnectionState.CONNECTED)
+    owner = lease_node(instance)
+    for _ in range(4):
+        response = client.post(_url(instance, "ssh-test"))
+        assert response.status_code == 200, response.json()
+        assert response.json()["success"] is True
+
+    # Ownership moves when the owner dies; attempt 6 is the new owner's connect.
+    (first if first.node == owner else second).kill()
+    survivor = second.node if first.node == owner else first.node
+    wait_until(lambda: lease_node(instance) == survivor, timeout=10, message="lease moved")
+    wait_status(instance, timeout=10, state=ConnectionState.CONNECTED, owner_node=survivor)
+
+    for _ in range(4):
+        assert client.post(_url(instance, "ssh-test")).status_code == 200
+    response = client.post(_url(instance, "ssh-test"))
+    assert response.status_code == 429
+    assert response.json() == {
+        "error": "rate limit exceeded for gate-1: 10 connection attempts in the last minute "
+        "(max 10)",
+        "code": "rate_limited",
+    }
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert agent.accepted_count() == 10
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_manager_failure_block_exact_across_two_workers(make_instance, start_worker, admin_user):
+    listener = CountingListener()
+    instance = make_instance("gate-2", ssh_port=listener.port)
+    timers = {"CLAWORC_SSH_BLOCK_SECONDS": 30, "CLAWORC_SSH_RECONNECT_MAX_DELAY_SECONDS": 0.4}
+    first, second = start_worker(**timers), start_worker(**timers)
+    first.wait_ready()
+    second.wait_ready()
+
+    wait_until(_blocked_events(instance).exists, timeout=15, message="block event")
+    assert listener.count == 5
+    owner = lease_node(instance)
+    assert "due to 5 consecutive failures; retry after" in status_of(instance).last_error
+
+    # The block holds in the other worker too, and nothing reaches the port.
+    (first if first.node == owner else second).kill()
+    survivor = second.node if first.node == owner else first.node
+    wait_until(lambda: lease_node(instance) == survivor, timeout=10, message="lease moved")
+    refusals = _blocked_events(instance).count()
+    wait_until(lambda: _blocked_events(instance).count() > refusals, timeout=10)
+    response = client_for(admin_user).post(_url(instance, "ssh-test"))
+    assert response.status_code == 429
+    assert response.json()["code"] == "connection_blocked"
+    assert response.json()["error"].startswith(
+        "connection blocked for gate-2 due to 5 consecutive failures; retry after 20"
+    )
+    assert 1 <= int(response["Retry-After"]) <= 30
+    assert listener.count == 5
+    listener.close()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_manager_ip_restriction_refuses_reconnect(
+    make_instance, make_agent, start_worker, admin_user
+):
+    instance = make_instance("gate-3")
+    agent = make_agent(instance)
+    instance.ssh_port = agent.port
+    instance.save()
+    worker = start_worker(CLAWORC_SSH_RECONNECT_MAX_RETRIES=3)
+    agent.wait_ready()
+    worker.wait_ready()
+    wait_status(instance, timeout=15, state=ConnectionState.CONNECTED)
+    client = client_for(admin_user)
+
+    services.instance_set_allowed_ips(instance, allowed_ips="10.9.9.0/24", actor=admin_user)
+    response = client.post(_url(instance, "ssh-reconnect"))
+    assert response.status_code == 403
+    assert response.json() == {
+        "error": "connection blocked: source IP 127.0.0.1 is not in the allowed list",
+        "code": "ip_restricted",
+    }
+    # The background reconnection is refused the same way; no login reaches the agent.
+    status = wait_status(instance, timeout=10, state=ConnectionState.FAILED)
+    assert status.last_error == (
+        "reconnection failed after 3 attempts: connection blocked: source IP 127.0.0.1 "
+        "is not in the allowed list"
+    )
+    restricted = ConnectionEvent.objects.filter(
+        instance=instance, event_type=ConnectionEventType.IP_RESTRICTED
+    )
+    assert restricted.count() == 4
+    assert agent.accepted_count() == 1
+    wait_until(
+        AuditEntry.objects.filter(instance_id=instance.pk, event_type="ip_restricted").exists,
+        timeout=5,
+    )
+
+    # An IPv4-mapped IPv6 entry names the same source address.
+    services.instance_set_allowed_ips(instance, allowed_ips="::ffff:127.0.0.1", actor=admin_user)
+    response = client.post(_url(instance, "ssh-reconnect"))
+    assert response.status_code == 200, response.json()
+    assert status_of(instance).state == ConnectionState.CONNECTED
+    assert agent.accepted_count() == 2
