@@ -123,3 +123,44 @@ class TunnelNotFound(ClaworcError):
 
     def __init__(self, service: str, instance_name: str):
         super().__init__(f"no {service} tunnel found for instance {instance_name}")
+
+
+# Remote operations (#7): commands, files and terminals over the held connection.
+
+
+class InvalidRemotePath(ClaworcError):
+    """A remote path that is not absolute, climbs with `..`, or holds control characters."""
+
+    code = "invalid_path"
+
+
+class RemotePathNotFound(ClaworcError):
+    status_code = 404
+    code = "remote_path_not_found"
+
+    def __init__(self, path: str):
+        super().__init__(f"no such file or directory: {path}")
+
+
+class RemoteFileError(ClaworcError):
+    """The agent refused a file operation (permission, not empty, already exists...)."""
+
+    status_code = 409
+    code = "remote_file_error"
+
+
+class RemoteFileTooLarge(ClaworcError):
+    status_code = 413
+    code = "file_too_large"
+
+
+class TerminalSessionNotFound(ClaworcError):
+    status_code = 404
+    code = "terminal_session_not_found"
+    default_message = "terminal session not found or already closed"
+
+
+class TerminalSessionBusy(ClaworcError):
+    status_code = 409
+    code = "terminal_session_busy"
+    default_message = "terminal session is attached to another client"

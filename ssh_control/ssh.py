@@ -11,18 +11,28 @@ import hashlib
 import io
 import ipaddress
 import logging
+import posixpath
 import re
+import select
+import shlex
 import socket
+import stat
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ssh_control.exceptions import HostKeyMismatch, SSHConnectionError
+from ssh_control.exceptions import (
+    HostKeyMismatch,
+    RemoteFileError,
+    RemotePathNotFound,
+    SSHConnectionError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -332,3 +342,259 @@ def _authenticate(transport: _Transport, username: str, private_key: Ed25519Priv
         raise SSHConnectionError(f"authentication failed: {exc or type(exc).__name__}") from None
     if not transport.is_authenticated():
         raise SSHConnectionError(f"authentication as {username} failed")
+
+
+# Remote operations (#7): bounded commands, SFTP and interactive shells over a Connection.
+
+# After a command's timeout the agent's `timeout` sends TERM, then KILL this much later.
+KILL_GRACE_SECONDS = 2
+# How long after the kill the channel may take to report before it is closed anyway.
+CHANNEL_CLOSE_GRACE_SECONDS = 2
+# `timeout` exits 124 when it stopped the command with TERM, 137 when it had to KILL it.
+TIMEOUT_EXIT_STATUSES = (124, 137)
+
+
+@dataclass(frozen=True)
+class BoundedResult:
+    exit_status: int | None
+    stdout: bytes
+    stderr: bytes
+    duration_ms: float
+    truncated: bool
+    timed_out: bool
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    name: str
+    kind: str
+    size: int
+    mode: int
+    modified_at: int | None
+
+
+def run_bounded(
+    connection: Connection, command: str, *, timeout: float, output_limit: int
+) -> BoundedResult:
+    """Run `command` through `sh -c` with its output capped and its run time bounded.
+
+    The agent's `timeout` runs the command in a process group of its own and kills the
+    whole group at the deadline, so a timed-out command leaves nothing running; the
+    channel is closed in any case shortly after. Output past `output_limit` bytes per
+    stream is read and dropped, so the command never stalls on a full window.
+    """
+    wrapped = f"exec timeout -k {KILL_GRACE_SECONDS:g} {timeout:g} sh -c {shlex.quote(command)}"
+    started = time.monotonic()
+    deadline = started + timeout + KILL_GRACE_SECONDS + CHANNEL_CLOSE_GRACE_SECONDS
+    try:
+        channel = connection._transport.open_session(timeout=timeout)
+        try:
+            channel.exec_command(wrapped)
+            channel.shutdown_write()
+            stdout, stderr, truncated = _read_capped(channel, deadline, output_limit)
+            done = channel.status_event.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            channel.close()
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise SSHConnectionError(f"command failed: {exc or type(exc).__name__}") from None
+
+    elapsed = time.monotonic() - started
+    status = channel.exit_status if done else None
+    timed_out = status is None or (status in TIMEOUT_EXIT_STATUSES and elapsed >= timeout)
+    return BoundedResult(
+        None if timed_out else status, stdout, stderr, elapsed * 1000, truncated, timed_out
+    )
+
+
+def _read_capped(channel, deadline: float, limit: int) -> tuple[bytes, bytes, bool]:
+    """Both streams until EOF or the deadline, each kept up to `limit` bytes."""
+    kept = {channel.recv: bytearray(), channel.recv_stderr: bytearray()}
+    ready = {channel.recv: channel.recv_ready, channel.recv_stderr: channel.recv_stderr_ready}
+    truncated = False
+    while True:
+        for recv, buffer in kept.items():
+            while ready[recv]():
+                chunk = recv(READ_CHUNK)
+                room = max(limit - len(buffer), 0)
+                truncated = truncated or len(chunk) > room
+                buffer += chunk[:room]
+        remaining = deadline - time.monotonic()
+        if channel.eof_received and not channel.recv_ready() or remaining <= 0:
+            break
+        # The channel's file descriptor turns readable on output from either stream or EOF.
+        select.select([channel], [], [], min(remaining, 1.0))
+    stdout, stderr = kept.values()
+    return bytes(stdout), bytes(stderr), truncated
+
+
+@contextmanager
+def _sftp_errors(operation: str, path: str):
+    """Translate an SFTP failure into a domain exception naming the operation and path."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise RemotePathNotFound(path) from None
+    except PermissionError:
+        raise RemoteFileError(f"{operation} {path}: permission denied") from None
+    except TimeoutError:
+        raise SSHConnectionError(f"{operation} {path}: SFTP timed out") from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise RemoteFileError(f"{operation} {path}: {reason}") from None
+
+
+class RemoteFiles:
+    """An SFTP session on a Connection; paths go to the agent as they are, never to a shell.
+
+    Use it as a context manager so the session's channel is closed.
+    """
+
+    def __init__(self, connection: Connection, *, timeout: float):
+        try:
+            self._sftp = paramiko.SFTPClient.from_transport(connection._transport)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHConnectionError(f"SFTP unavailable: {exc or type(exc).__name__}") from None
+        self._sftp.get_channel().settimeout(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self) -> None:
+        self._sftp.close()
+
+    def stat(self, path: str) -> RemoteEntry:
+        with _sftp_errors("stat", path):
+            attributes = self._sftp.stat(path)
+        return _remote_entry(posixpath.basename(path) or "/", attributes)
+
+    def exists(self, path: str) -> bool:
+        try:
+            with _sftp_errors("stat", path):
+                self._sftp.lstat(path)
+        except RemotePathNotFound:
+            return False
+        return True
+
+    def listdir(self, path: str) -> list[RemoteEntry]:
+        with _sftp_errors("list", path):
+            attributes = self._sftp.listdir_attr(path)
+        entries = [_remote_entry(item.filename, item) for item in attributes]
+        return sorted(entries, key=lambda entry: entry.name)
+
+    def open_read(self, path: str) -> "RemoteFile":
+        with _sftp_errors("read", path):
+            handle = self._sftp.open(path, "rb")
+            handle.prefetch()
+        return RemoteFile(handle, path)
+
+    def open_new(self, path: str, *, mode: int) -> "RemoteFile":
+        """Create `path` (which must not exist yet) for writing, with `mode` from the start."""
+        with _sftp_errors("write", path):
+            handle = self._sftp.open(path, "wx")
+            handle.chmod(mode)
+            handle.set_pipelined(True)
+        return RemoteFile(handle, path)
+
+    def mkdir(self, path: str) -> None:
+        with _sftp_errors("mkdir", path):
+            self._sftp.mkdir(path)
+
+    def replace(self, source: str, target: str) -> None:
+        """Atomic rename over an existing target (OpenSSH's `posix-rename`)."""
+        with _sftp_errors("rename", source):
+            self._sftp.posix_rename(source, target)
+
+    def rename(self, source: str, target: str) -> None:
+        """Rename, refusing an existing target."""
+        if self.exists(target):
+            raise RemoteFileError(f"rename {source}: {target} already exists")
+        with _sftp_errors("rename", source):
+            self._sftp.rename(source, target)
+
+    def remove(self, path: str) -> str:
+        """Delete a file, link or empty directory; returns the kind that was removed."""
+        with _sftp_errors("delete", path):
+            entry = _remote_entry(path, self._sftp.lstat(path))
+            if entry.kind == "directory":
+                self._sftp.rmdir(path)
+            else:
+                self._sftp.remove(path)
+        return entry.kind
+
+
+class RemoteFile:
+    """An open remote file whose reads and writes raise domain exceptions."""
+
+    def __init__(self, handle, path: str):
+        self._handle = handle
+        self._path = path
+
+    def read(self, size: int) -> bytes:
+        with _sftp_errors("read", self._path):
+            return self._handle.read(size)
+
+    def write(self, data: bytes) -> None:
+        with _sftp_errors("write", self._path):
+            self._handle.write(data)
+
+    def close(self) -> None:
+        with _sftp_errors("close", self._path):
+            self._handle.close()
+
+
+def _remote_entry(name: str, attributes) -> RemoteEntry:
+    mode = attributes.st_mode or 0
+    kinds = ((stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symlink"), (stat.S_ISREG, "file"))
+    kind = next((kind for test, kind in kinds if test(mode)), "other")
+    return RemoteEntry(name, kind, attributes.st_size or 0, stat.S_IMODE(mode), attributes.st_mtime)
+
+
+class Shell:
+    """An interactive shell on a PTY: bytes in, bytes out, resizable.
+
+    `fileno()` turns readable when output arrives or the shell ends, so one thread can
+    wait on many shells with `select`.
+    """
+
+    def __init__(self, connection: Connection, *, term: str, cols: int, rows: int, timeout: float):
+        try:
+            self._channel = connection._transport.open_session(timeout=timeout)
+            self._channel.get_pty(term=term, width=cols, height=rows)
+            self._channel.invoke_shell()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHConnectionError(f"shell refused: {exc or type(exc).__name__}") from None
+        self._channel.settimeout(timeout)
+
+    def fileno(self) -> int:
+        return self._channel.fileno()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._channel.closed or self._channel.eof_received
+
+    def read(self) -> bytes | None:
+        """Output waiting now, None when there is none, b"" once the shell has ended."""
+        if self._channel.recv_ready():
+            try:
+                return self._channel.recv(READ_CHUNK)
+            except (paramiko.SSHException, OSError, EOFError):
+                return b""
+        return b"" if self.is_closed else None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._channel.sendall(data)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHConnectionError(f"shell input lost: {exc or type(exc).__name__}") from None
+
+    def resize(self, *, cols: int, rows: int) -> None:
+        try:
+            self._channel.resize_pty(width=cols, height=rows)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHConnectionError(f"resize failed: {exc or type(exc).__name__}") from None
+
+    def close(self) -> None:
+        self._channel.close()
