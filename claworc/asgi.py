@@ -1,4 +1,8 @@
-"""ASGI entry point: Django for HTTP, Channels for WebSocket routes."""
+"""ASGI entry point: Django for HTTP, Channels for WebSocket routes.
+
+WebSocket connections must come from an allowed host's page (Origin check) and carry the
+same session cookie as the HTTP side.
+"""
 
 import os
 
@@ -7,15 +11,19 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "claworc.settings")
 django_application = get_asgi_application()
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-# WebSocket routes (browser proxy, terminal) are added by the issues that build them.
-websocket_urlpatterns = []
+from ssh_control.proxy.urls import websocket_urlpatterns as proxy_websockets  # noqa: E402
+
+websocket_urlpatterns = [*proxy_websockets]
 
 application = ProtocolTypeRouter(
     {
         "http": django_application,
-        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        ),
     }
 )

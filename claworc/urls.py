@@ -19,4 +19,5 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_patterns)),
+    path("", include("ssh_control.proxy.urls")),
 ]

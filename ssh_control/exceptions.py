@@ -123,6 +123,7 @@ class TunnelNotFound(ClaworcError):
 
     def __init__(self, service: str, instance_name: str):
         super().__init__(f"no {service} tunnel found for instance {instance_name}")
+        self.instance_name = instance_name
 
 
 # Remote operations (#7): commands, files and terminals over the held connection.

@@ -15,6 +15,7 @@ from audit.services import audit_record
 from ssh_control import keys
 from ssh_control.choices import GrantLevel, HostKeyPinSource
 from ssh_control.models import ConnectionStatus, HostKeyPin, Instance, InstanceGrant
+from ssh_control.tunnels.services import tunnels_ensure_standard
 from ssh_control.validators import parse_allowed_ips
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def instance_create(name: str, *, actor, grants: list | None = None, **fields) -
             instance.ssh_key_created_at = timezone.now()
             instance.save()
             ConnectionStatus.objects.create(instance=instance)
+            tunnels_ensure_standard(instance)
             _replace_grants(instance, grants or [])
     except BaseException:
         keys.delete_private_key(name)
@@ -73,6 +75,7 @@ def instance_update(instance: Instance, *, actor, grants: list | None = None, **
     with transaction.atomic():
         instance.full_clean()
         instance.save()
+        tunnels_ensure_standard(instance)
         if grants is not None:
             _replace_grants(instance, grants)
 

@@ -106,6 +106,14 @@ class TunnelSerializer(serializers.Serializer):
     bytes_transferred = serializers.IntegerField()
 
 
+class CustomTunnelSerializer(serializers.Serializer):
+    """Body of `POST .../tunnels`: only `custom` tunnels are added by hand."""
+
+    service = serializers.ChoiceField(choices=[("custom", "Custom")], default="custom")
+    name = serializers.RegexField(r"^[a-z0-9][a-z0-9_-]{0,62}$", max_length=63)
+    remote_port = serializers.IntegerField(min_value=1, max_value=65535)
+
+
 class InstanceStatusSerializer(serializers.Serializer):
     """Schema of the runbook's `ssh-status` document (built by `selectors.instance_status`)."""
 

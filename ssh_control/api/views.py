@@ -17,6 +17,7 @@ from ssh_control import dispatch, selectors, services
 from ssh_control.access import ADMIN, HasInstanceLevel, visible_instances
 from ssh_control.api import serializers
 from ssh_control.choices import GrantLevel
+from ssh_control.tunnels import services as tunnel_services
 from ssh_control.exceptions import ClaworcError
 
 EVENT_LIMIT_DEFAULT = 50
@@ -46,6 +47,8 @@ class InstanceViewSet(viewsets.ModelViewSet):
         "ssh_reconnect": GrantLevel.OPERATE,
         "rotate_ssh_key": ADMIN,
         "ssh_allowed_ips": ADMIN,
+        "create_tunnel": ADMIN,
+        "delete_tunnel": ADMIN,
         "ssh_host_key_accept": ADMIN,
         "metadata": GrantLevel.VIEW,
     }
@@ -101,6 +104,27 @@ class InstanceViewSet(viewsets.ModelViewSet):
     def tunnels(self, request, pk=None):
         tunnels = self.get_object().tunnels.all()
         return Response([selectors.tunnel_view(tunnel) for tunnel in tunnels])
+
+    @extend_schema(
+        request=serializers.CustomTunnelSerializer, responses={201: serializers.TunnelSerializer}
+    )
+    @tunnels.mapping.post
+    def create_tunnel(self, request, pk=None):
+        body = serializers.CustomTunnelSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        tunnel = tunnel_services.tunnel_create_custom(
+            self.get_object(),
+            name=body.validated_data["name"],
+            remote_port=body.validated_data["remote_port"],
+            actor=request.user,
+        )
+        return Response(selectors.tunnel_view(tunnel), status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={204: None})
+    @action(detail=True, methods=["delete"], url_path=r"tunnels/(?P<tunnel_id>[0-9]{1,18})")
+    def delete_tunnel(self, request, pk=None, tunnel_id=None):
+        tunnel_services.tunnel_delete(self.get_object(), int(tunnel_id), actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["post"], url_path="ssh-test")

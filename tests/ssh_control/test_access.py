@@ -2,6 +2,7 @@
 
 import pytest
 
+from ssh_control.tunnels.services import tunnel_create_custom
 from tests.conftest import client_for
 
 # Expected status per caller for each route. `ok` is the route's success status; the
@@ -27,6 +28,8 @@ ROUTES = [
     ("post", "/api/v1/instances", {"name": "agent-2", "ssh_host": "10.1.1.1"}, "admin", 201),
     ("patch", "/api/v1/instances/{id}", {"ssh_port": 2222}, "admin", 200),
     ("put", "/api/v1/instances/{id}", {"name": "agent-1", "ssh_host": "10.1.1.2"}, "admin", 200),
+    ("post", "/api/v1/instances/{id}/tunnels", {"name": "m", "remote_port": 9100}, "admin", 201),
+    ("delete", "/api/v1/instances/{id}/tunnels/{tunnel_id}", None, "admin", 204),
     ("delete", "/api/v1/instances/{id}", None, "admin", 204),
 ]
 
@@ -58,7 +61,10 @@ def test_route_access_by_caller_matches_rules(
     user = None if caller == "anonymous" else request.getfixturevalue(caller)
     client = client_for(user)
 
-    response = getattr(client, method)(path.format(id=instance.pk), body, format="json")
+    custom = tunnel_create_custom(instance, name="custom", remote_port=9000, actor="pytest")
+    url = path.format(id=instance.pk, tunnel_id=custom.pk)
+
+    response = getattr(client, method)(url, body, format="json")
 
     assert response.status_code == expected_status(caller, level, ok), response.content
     if response.status_code >= 400:

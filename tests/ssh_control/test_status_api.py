@@ -41,8 +41,14 @@ def test_status_of_new_instance_is_disconnected_and_well_formed(admin_client, in
     assert RUNBOOK_STATUS_FIELDS <= set(body)
     assert body["state"] == "disconnected"
     assert body["healthy"] is False
-    assert body["tunnels"] == [] and body["recent_events"] == []
+    assert body["recent_events"] == []
     assert body["uptime"] == "0s"
+    # The standard tunnels exist from the start and wait for the connection.
+    assert {(tunnel["service"], tunnel["remote_port"]) for tunnel in body["tunnels"]} == {
+        ("vnc", 3000),
+        ("gateway", 8080),
+    }
+    assert {tunnel["status"] for tunnel in body["tunnels"]} == {"unhealthy"}
 
 
 @pytest.fixture
@@ -58,20 +64,11 @@ def connected(instance):
     )
     for event_type in (ConnectionEventType.CONNECTING, ConnectionEventType.CONNECTED):
         ConnectionEvent.objects.create(instance=instance, event_type=event_type, reason="test")
-    Tunnel.objects.create(
-        instance=instance,
-        service="vnc",
-        remote_port=3000,
-        local_port=41000,
-        status=TunnelStatus.ACTIVE,
-        bytes_transferred=1234,
+    Tunnel.objects.filter(instance=instance, service="vnc").update(
+        local_port=41000, status=TunnelStatus.ACTIVE, bytes_transferred=1234, last_error=""
     )
-    Tunnel.objects.create(
-        instance=instance,
-        service="gateway",
-        remote_port=8080,
-        status=TunnelStatus.UNHEALTHY,
-        last_error="TCP probe to 127.0.0.1:41001 failed",
+    Tunnel.objects.filter(instance=instance, service="gateway").update(
+        status=TunnelStatus.UNHEALTHY, last_error="TCP probe to 127.0.0.1:41001 failed"
     )
     return instance
 
@@ -119,10 +116,11 @@ def test_metrics_aggregate_published_state(admin_client, connected, make_instanc
     assert metrics["connections_by_state"]["disconnected"] == 1
     assert metrics["healthy_connections"] == 1
     assert metrics["successful_checks"] == 7
+    # agent-2's two standard tunnels wait for its connection.
     assert metrics["tunnels"] == {
-        "total": 2,
+        "total": 4,
         "active": 1,
-        "unhealthy": 1,
+        "unhealthy": 3,
         "bytes_transferred": 1234,
     }
 

@@ -1,0 +1,257 @@
+"""One tunnel's listener and the byte pumps behind each of its accepted connections.
+
+Every accepted client gets its own `direct-tcpip` channel to the agent's port and two
+pump threads, one per direction, that copy in large chunks and count bytes. Whatever
+ends first (client, agent or `close()`), both ends are closed exactly once, so no thread,
+socket or channel outlives the connection it served.
+"""
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 256 * 1024
+LISTEN_BACKLOG = 512
+
+
+class ConnectionLimiter:
+    """A counting gate: `acquire()` refuses instead of waiting when the cap is reached."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self._count >= self.limit:
+                return False
+            self._count += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._count -= 1
+
+    @property
+    def in_use(self) -> int:
+        return self._count
+
+
+class _Relay:
+    """One client connection and its channel; the last pump to finish closes both."""
+
+    def __init__(self, listener: "TunnelListener", client: socket.socket, channel):
+        self.listener = listener
+        self.client = client
+        self.channel = channel
+        self._running = 2
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start(self) -> None:
+        upstream = threading.Thread(target=self._pump_to_agent, daemon=True, name="tunnel-up")
+        upstream.start()
+        self._pump_to_client()
+
+    def _pump_to_agent(self) -> None:
+        try:
+            while True:
+                data = self.client.recv(CHUNK_BYTES)
+                if not data:
+                    # The client finished sending; the agent may still answer.
+                    self.channel.shutdown_write()
+                    break
+                self.channel.sendall(data)
+                self.listener.count_bytes(len(data))
+        except Exception as exc:
+            # Paramiko and sockets raise many types here; any of them ends this relay.
+            logger.debug("tunnel pump to agent ended port=%s error=%s", self.listener.port, exc)
+            self.close()
+        finally:
+            self._finished()
+
+    def _pump_to_client(self) -> None:
+        try:
+            while True:
+                data = self.channel.recv(CHUNK_BYTES)
+                if not data:
+                    self.client.shutdown(socket.SHUT_WR)
+                    break
+                self.client.sendall(data)
+                self.listener.count_bytes(len(data))
+        except Exception as exc:
+            logger.debug("tunnel pump to client ended port=%s error=%s", self.listener.port, exc)
+            self.close()
+        finally:
+            self._finished()
+
+    def _finished(self) -> None:
+        with self._lock:
+            self._running -= 1
+            last = self._running == 0
+        if last:
+            self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for closer in (self._close_client, self.channel.close):
+            try:
+                closer()
+            except Exception:
+                logger.debug("tunnel close failed port=%s", self.listener.port, exc_info=True)
+        self.listener.relay_closed(self)
+
+    def _close_client(self) -> None:
+        try:
+            self.client.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.client.close()
+
+
+class TunnelListener:
+    """Listens on `bind_host` (ephemeral port) and forwards to `remote_port` on the agent.
+
+    `open_channel(port)` opens a `direct-tcpip` channel over the instance's connection.
+    Connections beyond either limiter are closed at once and counted in `refused`.
+    """
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        bind_host: str,
+        remote_port: int,
+        open_channel: Callable[[int], object],
+        limiters: tuple[ConnectionLimiter, ...],
+    ):
+        self.label = label
+        self.bind_host = bind_host
+        self.remote_port = remote_port
+        self._open_channel = open_channel
+        self._limiters = limiters
+        self._relays: set[_Relay] = set()
+        self._lock = threading.Lock()
+        self._bytes = 0
+        self._closed = False
+        self.refused = 0
+
+        self._sock = socket.socket(
+            socket.AF_INET6 if ":" in bind_host else socket.AF_INET, socket.SOCK_STREAM
+        )
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((bind_host, 0))
+        self._sock.listen(LISTEN_BACKLOG)
+        self.port = self._sock.getsockname()[1]
+        self._thread = threading.Thread(
+            target=self._accept_loop, daemon=True, name=f"tunnel-{label}-{self.port}"
+        )
+        self._thread.start()
+
+    def __repr__(self):
+        return f"TunnelListener({self.label} {self.bind_host}:{self.port}->{self.remote_port})"
+
+    @property
+    def address(self) -> str:
+        return f"{self.bind_host}:{self.port}"
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._relays)
+
+    def take_bytes(self) -> int:
+        """Bytes counted since the last call (both directions)."""
+        with self._lock:
+            taken, self._bytes = self._bytes, 0
+        return taken
+
+    def count_bytes(self, count: int) -> None:
+        with self._lock:
+            self._bytes += count
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(
+                target=self._serve, args=(client,), daemon=True, name="tunnel-relay"
+            ).start()
+
+    def _acquire_slots(self) -> bool:
+        taken = []
+        for limiter in self._limiters:
+            if not limiter.acquire():
+                for held in taken:
+                    held.release()
+                return False
+            taken.append(limiter)
+        return True
+
+    def _serve(self, client: socket.socket) -> None:
+        if self._closed or not self._acquire_slots():
+            self.refused += 1
+            logger.warning(
+                "tunnel connection refused tunnel=%s reason=connection limit", self.label
+            )
+            client.close()
+            return
+
+        try:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            channel = self._open_channel(self.remote_port)
+        except Exception as exc:
+            logger.info("tunnel channel refused tunnel=%s error=%s", self.label, exc)
+            client.close()
+            self._release_slots()
+            return
+
+        relay = _Relay(self, client, channel)
+        with self._lock:
+            if self._closed:
+                relay_ok = False
+            else:
+                self._relays.add(relay)
+                relay_ok = True
+        if not relay_ok:
+            client.close()
+            channel.close()
+            self._release_slots()
+            return
+        relay.start()
+
+    def _release_slots(self) -> None:
+        for limiter in self._limiters:
+            limiter.release()
+
+    def relay_closed(self, relay: _Relay) -> None:
+        with self._lock:
+            present = relay in self._relays
+            self._relays.discard(relay)
+        if present:
+            self._release_slots()
+
+    def close(self) -> None:
+        """Stop listening and close every connection the tunnel carries."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            relays = list(self._relays)
+        try:
+            # shutdown() wakes the thread blocked in accept(); close() alone does not.
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        for relay in relays:
+            relay.close()
+        self._thread.join(timeout=2)

@@ -1,0 +1,132 @@
+"""Agents with web services behind them, and SSH connections to them, for tunnel tests."""
+
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from ssh_control import keys, ssh
+from tests.agents import Agent
+
+
+class EchoService:
+    """A TCP service on the agent that sends back every byte it receives."""
+
+    def __init__(self, port: int = 0):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn):
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def stop(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class _PageHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = f"gateway page for {self.path} cookie={self.headers.get('Cookie')}".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class HttpService:
+    """A small HTTP service standing in for the agent's Gateway UI."""
+
+    def __init__(self, port: int = 0):
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), _PageHandler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def echo_service():
+    service = EchoService()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def http_service():
+    service = HttpService()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def agent(tmp_path):
+    started = Agent(tmp_path / "agents", "tunnel-agent").start().wait_ready()
+    yield started
+    started.stop()
+
+
+def connect(instance, agent) -> ssh.Connection:
+    """An authenticated connection to the agent with the instance's own key."""
+    return ssh.connect(
+        family=socket.AF_INET,
+        sockaddr=("127.0.0.1", agent.port),
+        username="root",
+        private_key=keys.load_private_key(instance.name),
+        pinned=None,
+        timeout=5,
+    )
+
+
+@pytest.fixture
+def tunnel_instance(make_instance, agent, echo_service, http_service, viewer, stranger):
+    instance = make_instance(
+        "tunnel-1",
+        ssh_port=agent.port,
+        vnc_port=echo_service.port,
+        gateway_port=http_service.port,
+        grants=[{"user": viewer, "level": "view"}],
+    )
+    agent.authorize(instance.ssh_public_key)
+    return instance
+
+
+@pytest.fixture
+def connection(tunnel_instance, agent):
+    opened = connect(tunnel_instance, agent)
+    yield opened
+    opened.close()

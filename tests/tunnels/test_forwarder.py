@@ -1,0 +1,111 @@
+"""The tunnel listener over a real SSH connection: exact bytes, counts, limits, no leaks."""
+
+import os
+import socket
+import threading
+
+import pytest
+
+from ssh_control.tunnels.forwarder import ConnectionLimiter, TunnelListener
+from tests.agents import wait_until
+
+PAYLOAD_BYTES = 1024 * 1024
+
+
+def open_listener(connection, port, *, limit=64) -> TunnelListener:
+    return TunnelListener(
+        label="test",
+        bind_host="127.0.0.1",
+        remote_port=port,
+        open_channel=lambda remote: connection.open_direct_tcpip("127.0.0.1", remote, timeout=5),
+        limiters=(ConnectionLimiter(limit), ConnectionLimiter(1000)),
+    )
+
+
+def exchange(port: int, payload: bytes) -> bytes:
+    """Send `payload` to the echo service through the tunnel while reading the echo."""
+    received = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        sender = threading.Thread(
+            target=lambda: (client.sendall(payload), client.shutdown(socket.SHUT_WR))
+        )
+        sender.start()
+        while chunk := client.recv(65536):
+            received += chunk
+        sender.join()
+    return bytes(received)
+
+
+def test_tunnel_carries_random_megabyte_exactly_both_ways(connection, echo_service):
+    listener = open_listener(connection, echo_service.port)
+    payload = os.urandom(PAYLOAD_BYTES)
+
+    try:
+        echoed = exchange(listener.port, payload)
+        wait_until(lambda: listener.active_connections == 0, timeout=5)
+        counted = listener.take_bytes()
+    finally:
+        listener.close()
+
+    assert echoed == payload
+    assert counted == 2 * PAYLOAD_BYTES
+
+
+def test_tunnel_over_connection_limit_refuses_extra_clients(connection, echo_service):
+    listener = open_listener(connection, echo_service.port, limit=2)
+    held = [socket.create_connection(("127.0.0.1", listener.port)) for _ in range(2)]
+    try:
+        for client in held:
+            client.sendall(b"x")
+            assert client.recv(1) == b"x"
+
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=5) as extra:
+            assert extra.recv(1) == b""
+        assert listener.refused == 1
+    finally:
+        for client in held:
+            client.close()
+        listener.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_abandoned_clients_leak_no_threads_or_descriptors(connection, echo_service):
+    listener = open_listener(connection, echo_service.port, limit=1000)
+    threads_before, fds_before = threading.active_count(), open_fds()
+
+    # 500 clients: half vanish at once, half send a little and reset mid-transfer.
+    for index in range(500):
+        client = socket.create_connection(("127.0.0.1", listener.port))
+        if index % 2:
+            client.sendall(b"partial request")
+            client.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+        client.close()
+
+    try:
+        wait_until(lambda: listener.active_connections == 0, timeout=30, message="relays closed")
+        wait_until(
+            lambda: threading.active_count() <= threads_before, timeout=10, message="threads"
+        )
+        wait_until(lambda: open_fds() <= fds_before, timeout=10, message="descriptors")
+    finally:
+        listener.close()
+    assert connection.is_open
+
+
+def test_closed_listener_drops_its_connections(connection, echo_service):
+    listener = open_listener(connection, echo_service.port)
+    client = socket.create_connection(("127.0.0.1", listener.port), timeout=5)
+    client.sendall(b"ping")
+    assert client.recv(4) == b"ping"
+
+    listener.close()
+
+    assert client.recv(4) == b""
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", listener.port), timeout=1)
+    client.close()

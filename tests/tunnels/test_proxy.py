@@ -1,0 +1,201 @@
+"""The browser proxy over real tunnels, served by a real ASGI server (uvicorn)."""
+
+import threading
+
+import pytest
+import requests
+import uvicorn
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as ws_connect
+from websockets.sync.server import serve as ws_serve
+
+from ssh_control.choices import TunnelStatus
+from ssh_control.tunnels.supervisor import TunnelSupervisor
+from tests.agents import free_port, wait_until
+from tests.conftest import PASSWORD
+from tests.tunnels.test_supervisor import wait_for_status
+
+
+@pytest.fixture
+def live_web(transactional_db):
+    """claworc.asgi served by uvicorn in a thread of the test process."""
+    from claworc.asgi import application
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            application, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout=10, message="uvicorn started")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def ws_echo_service():
+    """A WebSocket service standing in for the agent's noVNC (websockify)."""
+
+    def echo(websocket):
+        for message in websocket:
+            websocket.send(message)
+
+    server = ws_serve(echo, "127.0.0.1", 0, subprotocols=["binary"])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.socket.getsockname()[1]
+    server.shutdown()
+
+
+@pytest.fixture
+def proxied_instance(make_instance, agent, http_service, ws_echo_service, viewer, settings):
+    settings.CLAWORC_TUNNEL_MONITOR_INTERVAL_SECONDS = 0.5
+    instance = make_instance(
+        "proxy-1",
+        ssh_port=agent.port,
+        vnc_port=ws_echo_service,
+        gateway_port=http_service.port,
+        grants=[{"user": viewer, "level": "view"}],
+    )
+    agent.authorize(instance.ssh_public_key)
+    return instance
+
+
+@pytest.fixture
+def tunnels_up(proxied_instance, agent):
+    from tests.tunnels.conftest import connect
+
+    connection = connect(proxied_instance, agent)
+    supervisor = TunnelSupervisor()
+    supervisor.attach(proxied_instance.pk, connection)
+    wait_for_status(proxied_instance, "gateway", TunnelStatus.ACTIVE)
+    wait_for_status(proxied_instance, "vnc", TunnelStatus.ACTIVE)
+    yield supervisor
+    supervisor.stop()
+    connection.close()
+
+
+def login(base: str, username: str) -> requests.Session:
+    session = requests.Session()
+    response = session.post(
+        f"{base}/api/v1/auth/login", json={"username": username, "password": PASSWORD}, timeout=5
+    )
+    assert response.status_code == 200
+    return session
+
+
+def test_gateway_proxy_serves_page_without_leaking_session_cookie(
+    live_web, proxied_instance, tunnels_up
+):
+    session = login(live_web, "viewer")
+
+    response = session.get(
+        f"{live_web}/instances/{proxied_instance.pk}/gateway/app?x=1", timeout=10
+    )
+
+    assert response.status_code == 200
+    assert response.text.startswith("gateway page for /app?x=1")
+    assert "session=" not in response.text
+
+
+def test_gateway_proxy_post_from_same_origin_reaches_service(
+    live_web, proxied_instance, tunnels_up
+):
+    session = login(live_web, "viewer")
+
+    response = session.post(
+        f"{live_web}/instances/{proxied_instance.pk}/gateway/form",
+        data=b"field=value",
+        headers={"Origin": live_web},
+        timeout=10,
+    )
+    cross = session.post(
+        f"{live_web}/instances/{proxied_instance.pk}/gateway/form",
+        data=b"field=value",
+        headers={"Origin": "https://evil.example"},
+        timeout=10,
+    )
+
+    assert response.status_code == 201 and response.content == b"field=value"
+    assert cross.status_code == 403
+
+
+def test_gateway_proxy_for_user_without_grant_is_404(
+    live_web, proxied_instance, tunnels_up, stranger
+):
+    session = login(live_web, "stranger")
+
+    response = session.get(f"{live_web}/instances/{proxied_instance.pk}/gateway/", timeout=10)
+
+    assert response.status_code == 404
+
+
+def test_gateway_proxy_for_anonymous_redirects_to_login(live_web, proxied_instance):
+    response = requests.get(
+        f"{live_web}/instances/{proxied_instance.pk}/gateway/", allow_redirects=False, timeout=10
+    )
+
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/admin/login/")
+
+
+def test_gateway_proxy_with_tunnel_down_gives_retrying_503(live_web, proxied_instance):
+    session = login(live_web, "viewer")
+
+    response = session.get(f"{live_web}/instances/{proxied_instance.pk}/gateway/", timeout=10)
+
+    assert response.status_code == 503
+    assert "no gateway tunnel found for instance proxy-1" in response.text
+    assert response.headers["Retry-After"] == "5"
+    assert 'http-equiv="refresh"' in response.text
+
+
+def vnc_socket(base: str, instance, session: requests.Session | None, origin: str):
+    cookie = f"session={session.cookies['session']}" if session else ""
+    return ws_connect(
+        f"{base.replace('http', 'ws')}/instances/{instance.pk}/vnc/websockify",
+        origin=origin,
+        additional_headers={"Cookie": cookie} if cookie else None,
+        subprotocols=["binary"],
+        open_timeout=10,
+    )
+
+
+def test_vnc_proxy_relays_websocket_frames(live_web, proxied_instance, tunnels_up):
+    session = login(live_web, "viewer")
+
+    with vnc_socket(live_web, proxied_instance, session, origin=live_web) as websocket:
+        websocket.send(b"\x00\x01binary frame")
+        binary = websocket.recv(timeout=10)
+        websocket.send("text frame")
+        text = websocket.recv(timeout=10)
+
+    assert binary == b"\x00\x01binary frame"
+    assert text == "text frame"
+    assert websocket.subprotocol == "binary"
+
+
+@pytest.mark.parametrize("who,origin", [("stranger", None), ("viewer", "https://evil.example")])
+def test_vnc_proxy_refuses_other_users_and_origins(
+    live_web, proxied_instance, tunnels_up, stranger, who, origin
+):
+    session = login(live_web, who)
+
+    with pytest.raises(InvalidStatus) as refused:
+        vnc_socket(live_web, proxied_instance, session, origin=origin or live_web)
+
+    assert refused.value.response.status_code == 403
+
+
+def test_vnc_proxy_closes_when_tunnel_goes_down(live_web, proxied_instance, tunnels_up):
+    session = login(live_web, "viewer")
+    websocket = vnc_socket(live_web, proxied_instance, session, origin=live_web)
+    websocket.send(b"hello")
+    assert websocket.recv(timeout=10) == b"hello"
+
+    tunnels_up.detach(proxied_instance.pk, "test")
+
+    with pytest.raises(ConnectionClosed):
+        websocket.recv(timeout=10)
