@@ -16,8 +16,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from ssh_control.proxy.urls import websocket_urlpatterns as proxy_websockets  # noqa: E402
+from ssh_control.remote.routing import websocket_urlpatterns as remote_websockets  # noqa: E402
 
-websocket_urlpatterns = [*proxy_websockets]
+websocket_urlpatterns = [*proxy_websockets, *remote_websockets]
 
 application = ProtocolTypeRouter(
     {

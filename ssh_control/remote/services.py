@@ -77,15 +77,15 @@ def _audit_command(instance, actor, command: str, started: float, *, result=None
     )
 
 
-def _file_operation(instance, actor, operation: str, path: str, task: str, **kwargs) -> dict:
+def _file_operation(instance, actor, operation: str, audited: str, task: str, /, **kwargs):
     """Dispatch one small file operation and audit it, whether it succeeded or not."""
     started = time.monotonic()
     try:
         result = dispatch.run_on_owner(instance, task, **kwargs)
     except ClaworcError as exc:
-        _audit_file(instance, actor, operation, path, started, error=exc.message)
+        _audit_file(instance, actor, operation, audited, started, error=exc.message)
         raise
-    _audit_file(instance, actor, operation, path, started, size=result.get("size"))
+    _audit_file(instance, actor, operation, audited, started, size=result.get("size"))
     return result
 
 
