@@ -4,6 +4,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
+from audit.testing import audit_writes_isolated  # noqa: F401  (autouse: audit rows per test)
 from ssh_control import services
 from ssh_control.choices import GrantLevel
 

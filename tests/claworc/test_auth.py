@@ -4,6 +4,7 @@ import pytest
 from django.test import Client
 
 from audit.models import AuditEntry
+from audit.services import audit_flush
 from tests.conftest import PASSWORD
 
 
@@ -70,6 +71,7 @@ def test_login_with_malformed_json_gives_400(db):
 def test_login_is_audited_with_client_ip(admin_user):
     login(Client(REMOTE_ADDR="192.0.2.7"), "admin")
     login(Client(REMOTE_ADDR="192.0.2.8"), "admin", "wrong")
+    assert audit_flush()
 
     entries = {entry.event_type: entry for entry in AuditEntry.objects.all()}
     assert entries["login"].username == "admin"

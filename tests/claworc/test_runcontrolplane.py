@@ -91,7 +91,7 @@ def test_run_command_serves_admin_and_api_on_embedded_default(control_plane):
     assert requests.get(f"{base}/api/v1/auth/me", timeout=5).status_code == 401
     assert created.status_code == 201, created.text
     assert cross_origin.status_code == 403
-    assert [row["instance_name"] for row in status.json()["instances"]] == ["agent-e2e"]
+    assert "agent-e2e" in [row["instance_name"] for row in status.json()["instances"]]
     assert (data_dir / "claworc.sqlite3").exists()
     assert oct((data_dir / "ssh-keys" / "agent-e2e.key").stat().st_mode & 0o777) == "0o600"
 

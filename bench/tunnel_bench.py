@@ -1,0 +1,228 @@
+"""Tunnel benchmark: keep-alive HTTP requests and one bulk transfer, three ways.
+
+Starts a real OpenSSH sshd agent with a small HTTP service behind it, then measures with
+`wrk` (requests/s, p50/p99 at concurrency 1 and 32) and a 200 MB download:
+directly to the service, through OpenSSH's `ssh -N -L`, and through the project's tunnel
+(`ssh_control.tunnels.forwarder` over `ssh_control.ssh`). Prints the figures and the
+ratios project/OpenSSH.
+
+    python bench/tunnel_bench.py [--seconds 5] [--bulk-mb 200] [--bulk-runs 1]
+"""
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "claworc.settings")
+os.environ.setdefault("CLAWORC_DATA_DIR", tempfile.mkdtemp(prefix="claworc-bench-"))
+
+import django  # noqa: E402
+
+django.setup()
+
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
+from ssh_control import ssh  # noqa: E402
+from ssh_control.tunnels.forwarder import ConnectionLimiter, TunnelListener  # noqa: E402
+from tests.agents import Agent, free_port  # noqa: E402
+
+SMALL_BODY = b"ok"
+BULK_CHUNK = b"\0" * (1 << 20)
+
+
+async def _handle(reader, writer, bulk_bytes):
+    try:
+        while True:
+            request = await reader.readuntil(b"\r\n\r\n")
+            if request.startswith(b"GET /bulk"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % bulk_bytes)
+                for _ in range(bulk_bytes // len(BULK_CHUNK)):
+                    writer.write(BULK_CHUNK)
+                    await writer.drain()
+            else:
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(SMALL_BODY), SMALL_BODY)
+                )
+                await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+def start_http_service(bulk_bytes: int) -> int:
+    """A keep-alive HTTP service on a thread; answers `ok`, or `bulk_bytes` on /bulk."""
+    port = free_port()
+    ready = threading.Event()
+
+    async def main():
+        server = await asyncio.start_server(
+            lambda r, w: _handle(r, w, bulk_bytes), "127.0.0.1", port, backlog=1024
+        )
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    threading.Thread(target=lambda: asyncio.run(main()), daemon=True).start()
+    ready.wait(10)
+    return port
+
+
+def wrk(port: int, connections: int, seconds: float) -> dict:
+    threads = min(connections, 2)
+    output = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency",
+         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+    def latency(percent: str) -> float:
+        match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        value, unit = float(match.group(1)), match.group(2)
+        return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    return {"rps": rps, "p50_ms": latency("50"), "p99_ms": latency("99")}
+
+
+def bulk(port: int, size: int, timeout: float) -> float:
+    """MB/s of one download of `size` bytes; raises if it stalls past `timeout`."""
+    started = time.monotonic()
+    received = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as client:
+        client.sendall(b"GET /bulk HTTP/1.1\r\nHost: bench\r\n\r\n")
+        header = b""
+        while b"\r\n\r\n" not in header:
+            header += client.recv(4096)
+        received = len(header.split(b"\r\n\r\n", 1)[1])
+        buffer = bytearray(1 << 20)
+        while received < size:
+            count = client.recv_into(buffer)
+            if not count:
+                raise RuntimeError(f"transfer ended early at {received} bytes")
+            received += count
+    return size / (time.monotonic() - started) / 1e6
+
+
+def write_client_key(directory: Path) -> tuple[Ed25519PrivateKey, Path, str]:
+    key = Ed25519PrivateKey.generate()
+    path = directory / "client_key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            )
+        )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return key, path, public.decode()
+
+
+def openssh_forward(
+    agent: Agent, key_path: Path, service_port: int
+) -> tuple[subprocess.Popen, int]:
+    local = free_port()
+    process = subprocess.Popen(
+        ["ssh", "-N", "-L", f"{local}:127.0.0.1:{service_port}", "-p", str(agent.port),
+         "-i", str(key_path), "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1"],
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", local)) == 0:
+                return process, local
+        time.sleep(0.05)
+    raise RuntimeError("ssh -L did not come up")
+
+
+def project_tunnel(agent: Agent, key: Ed25519PrivateKey, service_port: int):
+    connection = ssh.connect(
+        family=socket.AF_INET, sockaddr=("127.0.0.1", agent.port), username="root",
+        private_key=key, pinned=None, timeout=10,
+    )  # fmt: skip
+    # The connection manager runs its health check (`echo ping`) on every new connection;
+    # that is also what turns off Nagle's algorithm on sshd's side.
+    connection.run("echo ping", timeout=5)
+    listener = TunnelListener(
+        label="bench",
+        bind_host="127.0.0.1",
+        remote_port=service_port,
+        open_channel=lambda port: connection.open_direct_tcpip("127.0.0.1", port, timeout=10),
+        limiters=(ConnectionLimiter(10_000),),
+    )
+    return connection, listener
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--bulk-mb", type=int, default=200)
+    parser.add_argument("--bulk-runs", type=int, default=1)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+
+    bulk_bytes = args.bulk_mb * (1 << 20)
+    workdir = Path(tempfile.mkdtemp(prefix="claworc-tunnel-bench-"))
+    service_port = start_http_service(bulk_bytes)
+    key, key_path, public = write_client_key(workdir)
+    agent = Agent(workdir, "bench-agent")
+    agent.authorize(public)
+    agent.start().wait_ready()
+    ssh_process, ssh_port = openssh_forward(agent, key_path, service_port)
+    connection, listener = project_tunnel(agent, key, service_port)
+
+    paths = {"direct": service_port, "openssh": ssh_port, "project": listener.port}
+    results = {name: {} for name in paths}
+    try:
+        for name, port in paths.items():
+            for concurrency in (1, 32):
+                results[name][f"c{concurrency}"] = wrk(port, concurrency, args.seconds)
+            speeds = [bulk(port, bulk_bytes, timeout=60) for _ in range(args.bulk_runs)]
+            results[name]["bulk_mb_s"] = sorted(speeds)[len(speeds) // 2]
+    finally:
+        listener.close()
+        connection.close()
+        ssh_process.terminate()
+        agent.stop()
+
+    print(f"{'path':<9} {'c1 rps':>9} {'c1 p50':>8} {'c1 p99':>8} "
+          f"{'c32 rps':>9} {'c32 p50':>8} {'c32 p99':>8} {'bulk MB/s':>10}")  # fmt: skip
+    for name, figures in results.items():
+        c1, c32 = figures["c1"], figures["c32"]
+        print(
+            f"{name:<9} {c1['rps']:>9.0f} {c1['p50_ms']:>6.2f}ms {c1['p99_ms']:>6.2f}ms "
+            f"{c32['rps']:>9.0f} {c32['p50_ms']:>6.2f}ms {c32['p99_ms']:>6.2f}ms "
+            f"{figures['bulk_mb_s']:>10.1f}"
+        )
+    project, openssh = results["project"], results["openssh"]
+    print(
+        "project/openssh: "
+        f"c1 rps {project['c1']['rps'] / openssh['c1']['rps']:.2f} (target >= 0.65), "
+        f"c1 p99 {project['c1']['p99_ms'] / openssh['c1']['p99_ms']:.2f}x (target <= 2), "
+        f"c32 rps {project['c32']['rps'] / openssh['c32']['rps']:.2f} (target >= 0.25), "
+        f"bulk {project['bulk_mb_s'] / openssh['bulk_mb_s']:.2f} (target >= 0.8), "
+        f"bulk runs without stall: {args.bulk_runs}/{args.bulk_runs}"
+    )
+
+
+if __name__ == "__main__":
+    main()
