@@ -33,12 +33,18 @@ class AuditSpool:
         self._lock = threading.Lock()
         self._active_path: Path | None = None
         self._active_fd: int | None = None
+        self._is_unsynced = False
         # Set by every append, cleared by a replay that left nothing behind, so the writer
         # knows without touching the disk whether replay is needed.
         self.is_dirty = self.directory.is_dir() and any(self.directory.glob(SEGMENT_GLOB))
 
-    def append(self, entries: list[dict]) -> None:
-        """Write the entries durably; raises OSError when the disk refuses."""
+    def append(self, entries: list[dict], *, sync: bool = True) -> None:
+        """Write the entries; raises OSError when the disk refuses.
+
+        With `sync`, they are on disk when this returns. Without it they survive a crash
+        of the process at once (the kernel holds them) and reach the disk at the next
+        `sync()`, so many small appends share one fsync.
+        """
         if not entries:
             return
         payload = b"".join(_encode(entry) for entry in entries)
@@ -48,12 +54,24 @@ class AuditSpool:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
             self.is_dirty = True
+            if sync:
+                os.fsync(fd)
+            self._is_unsynced = not sync
+
+    def sync(self) -> None:
+        """fsync what appends without `sync` left in the kernel's cache."""
+        with self._lock:
+            if self._is_unsynced and self._active_fd is not None:
+                os.fsync(self._active_fd)
+            self._is_unsynced = False
 
     def seal(self) -> None:
         """Close the active segment; the next append starts a new one."""
         with self._lock:
+            if self._is_unsynced and self._active_fd is not None:
+                os.fsync(self._active_fd)
+            self._is_unsynced = False
             self._close_active()
 
     def forget_after_fork(self) -> None:

@@ -8,6 +8,7 @@ did reach the database a no-op. A full queue never blocks the caller: the entry 
 straight to the spool.
 """
 
+import json
 import logging
 import os
 import queue
@@ -78,7 +79,8 @@ class AuditWriter:
                 return
             except queue.Full:
                 pass
-        self._spill([entry])
+        # The writer thread fsyncs within a moment; a caller never waits for the disk.
+        self._spill([entry], sync=False)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is in the database; False on timeout."""
@@ -141,6 +143,7 @@ class AuditWriter:
             is_stopping = False
             while not is_stopping:
                 entries, requests, is_stopping = self._take()
+                self._sync_spool()
                 if entries:
                     self._deliver(entries)
                 self._waiting.extend(requests)
@@ -233,16 +236,15 @@ class AuditWriter:
             )
 
     def _insert_chunk(self, entries: list[dict]) -> None:
-        from audit.models import AuditEntry
-
         connection = connections[self.using]
         connection.close_if_unusable_or_obsolete()
-        rows = [AuditEntry(**_model_fields(entry)) for entry in entries]
         with transaction.atomic(using=self.using):
             if connection.vendor == "postgresql":
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_xact_lock(%s)", [INSERT_LOCK_KEY])
-            AuditEntry.objects.using(self.using).bulk_create(rows, ignore_conflicts=True)
+                    cursor.execute(_postgresql_insert(connection), _columns_of(entries))
+            else:
+                _bulk_create(self.using, entries)
 
     def _record_failure(self, exc: Exception) -> None:
         self.failure_count += 1
@@ -261,11 +263,11 @@ class AuditWriter:
         except Exception:
             logger.debug("closing the audit connection failed", exc_info=True)
 
-    def _spill(self, entries: list[dict]) -> None:
+    def _spill(self, entries: list[dict], *, sync: bool = True) -> None:
         if not entries:
             return
         try:
-            self.spool.append(entries)
+            self.spool.append(entries, sync=sync)
             self.spilled_count += len(entries)
         except OSError as exc:
             # Database and disk both refuse: the log is the last place left for them.
@@ -275,6 +277,15 @@ class AuditWriter:
                     escape_control_characters(str(exc)),
                     escape_control_characters(repr(entry)),
                 )
+
+    def _sync_spool(self) -> None:
+        try:
+            self.spool.sync()
+        except OSError as exc:
+            logger.error(
+                "[ssh-audit] failed to write audit log: spool sync failed: %s",
+                escape_control_characters(str(exc)),
+            )
 
     def _answer_flush_requests(self) -> None:
         if self._waiting and not self.spool.has_pending():
@@ -295,10 +306,54 @@ class AuditWriter:
                 entries.append(item)
 
 
-def _model_fields(entry: dict) -> dict:
-    fields = dict(entry)
-    fields["created_at"] = datetime.fromisoformat(fields["created_at"])
-    return fields
+# The entry's keys with their PostgreSQL types, for one INSERT of whole columns.
+POSTGRESQL_COLUMNS = (
+    ("entry_id", "uuid"),
+    ("instance_id", "bigint"),
+    ("instance_name", "text"),
+    ("event_type", "text"),
+    ("username", "text"),
+    ("source_ip", "inet"),
+    ("details", "text"),
+    ("duration_ms", "bigint"),
+    ("request_id", "uuid"),
+    ("data", "jsonb"),
+    ("created_at", "timestamptz"),
+)
+
+
+def _postgresql_insert(connection) -> str:
+    """One statement per batch: each column an array, unnested into rows.
+
+    Several times faster than the ORM's bulk insert, which prepares every value of every
+    row in Python; `ON CONFLICT DO NOTHING` skips entries a replay already wrote.
+    """
+    from audit.models import AuditEntry
+
+    table = connection.ops.quote_name(AuditEntry._meta.db_table)
+    names = ", ".join(connection.ops.quote_name(name) for name, _ in POSTGRESQL_COLUMNS)
+    arrays = ", ".join(f"%s::{kind}[]" for _, kind in POSTGRESQL_COLUMNS)
+    return (
+        f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) "
+        f'ON CONFLICT ("entry_id") DO NOTHING'
+    )
+
+
+def _columns_of(entries: list[dict]) -> list[list]:
+    columns = [[entry[name] for entry in entries] for name, _ in POSTGRESQL_COLUMNS]
+    columns[9] = [json.dumps(data) for data in columns[9]]
+    return columns
+
+
+def _bulk_create(using: str, entries: list[dict]) -> None:
+    """The portable path (SQLite, the embedded default)."""
+    from audit.models import AuditEntry
+
+    rows = []
+    for entry in entries:
+        fields = dict(entry, created_at=datetime.fromisoformat(entry["created_at"]))
+        rows.append(AuditEntry(**fields))
+    AuditEntry.objects.using(using).bulk_create(rows, ignore_conflicts=True)
 
 
 _default: AuditWriter | None = None
