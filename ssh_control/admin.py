@@ -217,3 +217,12 @@ class InstanceLeaseAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("instance", "node", "acquired_at", "expires_at")
     search_fields = ("instance__name", "node")
     list_select_related = ("instance",)
+
+
+# Remote operations (#7): the web terminal page and the terminal recordings' replay.
+from ssh_control.remote.admin_views import RemoteOperationsAdminMixin  # noqa: E402
+
+admin.site.unregister(Instance)
+admin.site.register(
+    Instance, type("InstanceAdmin", (RemoteOperationsAdminMixin, InstanceAdmin), {})
+)
