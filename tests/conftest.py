@@ -2,6 +2,7 @@
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from rest_framework.test import APIClient
 
 from audit.testing import audit_writes_isolated  # noqa: F401  (autouse: audit rows per test)
@@ -9,6 +10,18 @@ from ssh_control import services
 from ssh_control.choices import GrantLevel
 
 PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_stray_database_sessions(django_db_setup, django_db_blocker):
+    """At the end, end sessions that threads (writers, tunnel checks, servers) left open,
+    so the test database can be dropped."""
+    yield
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 @pytest.fixture(autouse=True)

@@ -191,11 +191,12 @@ def test_vnc_proxy_refuses_other_users_and_origins(
 
 def test_vnc_proxy_closes_when_tunnel_goes_down(live_web, proxied_instance, tunnels_up):
     session = login(live_web, "viewer")
-    websocket = vnc_socket(live_web, proxied_instance, session, origin=live_web)
-    websocket.send(b"hello")
-    assert websocket.recv(timeout=10) == b"hello"
 
-    tunnels_up.detach(proxied_instance.pk, "test")
+    with vnc_socket(live_web, proxied_instance, session, origin=live_web) as websocket:
+        websocket.send(b"hello")
+        assert websocket.recv(timeout=10) == b"hello"
 
-    with pytest.raises(ConnectionClosed):
-        websocket.recv(timeout=10)
+        tunnels_up.detach(proxied_instance.pk, "test")
+
+        with pytest.raises(ConnectionClosed):
+            websocket.recv(timeout=10)
