@@ -383,6 +383,8 @@ def run_bounded(
     channel is closed in any case shortly after. Output past `output_limit` bytes per
     stream is read and dropped, so the command never stalls on a full window.
     """
+    # TODO(#7): an agent without `timeout` (coreutils or busybox) answers exit 127; such a
+    # command is then only cut off by closing the channel, which may leave it running.
     wrapped = f"exec timeout -k {KILL_GRACE_SECONDS:g} {timeout:g} sh -c {shlex.quote(command)}"
     started = time.monotonic()
     deadline = started + timeout + KILL_GRACE_SECONDS + CHANNEL_CLOSE_GRACE_SECONDS
@@ -574,6 +576,11 @@ class Shell:
     @property
     def is_closed(self) -> bool:
         return self._channel.closed or self._channel.eof_received
+
+    @property
+    def has_exited(self) -> bool:
+        """True when the shell itself ended (rather than the connection under it)."""
+        return self._channel.exit_status_ready()
 
     def read(self) -> bytes | None:
         """Output waiting now, None when there is none, b"" once the shell has ended."""

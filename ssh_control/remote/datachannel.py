@@ -11,6 +11,7 @@ Terminal streams are framed: one kind byte, a 4-byte big-endian length, the payl
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import secrets
 import socket
@@ -47,7 +48,12 @@ def endpoint_open(handler: Callable[[socket.socket], None], *, name: str) -> dic
     thread.start()
     port = listener.getsockname()[1]
     logger.info("data endpoint open name=%s host=%s port=%s", name, host, port)
-    return {"host": host, "port": port, "token": token}
+    return {"host": _advertised(host), "port": port, "token": token}
+
+
+def _advertised(host: str) -> str:
+    """The address the web process should dial: this machine's name for a wildcard bind."""
+    return socket.getfqdn() if ipaddress.ip_address(host).is_unspecified else host
 
 
 def _serve(listener: socket.socket, token: str, handler, name: str) -> None:

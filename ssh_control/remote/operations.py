@@ -163,6 +163,8 @@ def _upload_receive(connection, path: str, size: int, mode: int, sock: socket.so
         except Exception as exc:
             _discard(files, temporary)
             logger.warning("upload failed path_length=%s error=%s", len(path), exc)
+            # Read what the sender still has, so it gets this reply rather than a reset.
+            _drain(sock, size)
             _reply(sock, b"error " + str(exc).encode()[:500])
             return
     logger.info("upload stored path_length=%s bytes=%s", len(path), size)
@@ -188,6 +190,15 @@ def _discard(files: ssh.RemoteFiles, temporary: str) -> None:
         files.remove(temporary)
     except Exception:
         logger.exception("temporary upload file not removed")
+
+
+def _drain(sock: socket.socket, limit: int) -> None:
+    drained = 0
+    try:
+        while drained < limit and (chunk := sock.recv(CHUNK_BYTES)):
+            drained += len(chunk)
+    except OSError:
+        pass
 
 
 def _reply(sock: socket.socket, line: bytes) -> None:

@@ -92,14 +92,6 @@ def _session_find(session_id: str, *, instance_id: int, username: str) -> "Termi
     return session
 
 
-def sessions_close(reason: str) -> None:
-    """Close every session (worker shutdown)."""
-    with _sessions_lock:
-        sessions = list(_sessions.values())
-    for session in sessions:
-        session.close_requested = reason
-
-
 class Recording:
     """An asciicast v2 file of a session's output, created 0600."""
 
@@ -255,6 +247,7 @@ class TerminalSession:
                 select.select([self.shell], [], [], PUMP_WAKE_SECONDS)
                 data = self.shell.read()
                 if data == b"":
+                    reason = "shell exited" if self.shell.has_exited else "connection closed"
                     break
                 if data:
                     self._output(data)

@@ -191,3 +191,16 @@ def test_exec_api_timeout_above_maximum_refused(instance, operator, settings):
 
     assert response.status_code == 400
     assert "timeout" in response.json()["error"]
+
+
+def test_files_api_upload_over_limit_refused_with_413(instance, operator, settings):
+    settings.CLAWORC_FILE_MAX_BYTES = 10
+
+    response = client_for(operator).put(
+        f"{_url(instance, 'files/content')}?path=/tmp/too-big",
+        data=b"x" * 11,
+        content_type="application/octet-stream",
+    )
+
+    assert response.status_code == 413
+    assert response.json()["code"] == "file_too_large"

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 from asgiref.sync import async_to_sync
 
-from ssh_control.exceptions import InvalidRemotePath, RemoteFileError, RemotePathNotFound
+from ssh_control.exceptions import (
+    InvalidRemotePath,
+    RemoteFileError,
+    RemoteFileTooLarge,
+    RemotePathNotFound,
+)
 from ssh_control.remote import operations, services
 from ssh_control.remote.datachannel import endpoint_connect
 from tests.agents import wait_until
@@ -145,3 +150,21 @@ def test_path_operations_on_missing_paths_raise_domain_errors(connection, tmp_pa
 def test_remote_path_invalid_refused(connection, path):
     with pytest.raises(InvalidRemotePath):
         operations.directory_list(connection, path=path)
+
+
+def test_file_download_over_limit_refused_before_streaming(connection, tmp_path, settings):
+    settings.CLAWORC_FILE_MAX_BYTES = 10
+    (tmp_path / "big").write_bytes(b"x" * 11)
+
+    with pytest.raises(RemoteFileTooLarge):
+        operations.download_prepare(connection, path=str(tmp_path / "big"))
+
+
+def test_file_upload_failing_on_agent_reports_reason(connection, tmp_path):
+    directory = tmp_path / "vanishing"
+    directory.mkdir()
+    answer = operations.upload_prepare(connection, path=f"{directory}/f", size=FIVE_MB)
+    directory.rmdir()
+
+    with pytest.raises(RemoteFileError, match="no such file or directory"):
+        services._upload_send(answer["endpoint"], _Reader(os.urandom(FIVE_MB)), FIVE_MB)

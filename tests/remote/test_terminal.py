@@ -173,15 +173,25 @@ def test_terminal_session_types_resizes_detaches_resumes_and_records(terminal_in
     assert times == sorted(times)
 
 
-def test_terminal_detached_session_closed_after_idle_timeout(terminal_instance, operator):
+def test_terminal_input_limits_then_idle_timeout_closes_detached_session(
+    terminal_instance, operator, settings
+):
+    settings.CLAWORC_TERMINAL_INPUT_BYTES_PER_SECOND = 1000
+    settings.CLAWORC_TERMINAL_MAX_MESSAGE_BYTES = 4096
     headers = _headers(operator)
 
     async def open_and_detach():
         communicator = _communicator(terminal_instance, headers)
         assert (await communicator.connect(RECEIVE_TIMEOUT_SECONDS))[0]
         session_id = (await _json(communicator))["session_id"]
+        # Input past the rate is dropped and said so; a message past the cap closes.
+        await communicator.send_to(bytes_data=b"#" * 900)
+        await communicator.send_to(bytes_data=b"#" * 900)
+        assert (await _until_text(communicator))["code"] == "rate_limited"
+        await communicator.send_to(bytes_data=b"#" * 5000)
+        closed = await _until_close(communicator)
         await communicator.disconnect()
-        return session_id
+        return session_id, closed
 
     async def resume(session_id):
         communicator = _communicator(terminal_instance, headers, f"?session_id={session_id}")
@@ -190,12 +200,22 @@ def test_terminal_detached_session_closed_after_idle_timeout(terminal_instance, 
         await communicator.disconnect()
         return answer
 
-    session_id = async_to_sync(open_and_detach)()
+    session_id, closed = async_to_sync(open_and_detach)()
     [end] = audit_entries(terminal_instance, "terminal_session_end")
+
+    assert closed == 1009
 
     assert end.data["reason"] == "idle timeout"
     assert end.duration_ms >= IDLE_TIMEOUT_SECONDS * 1000
     assert async_to_sync(resume)(session_id)["code"] == "terminal_session_not_found"
+
+
+async def _until_close(communicator) -> int:
+    deadline = time.monotonic() + RECEIVE_TIMEOUT_SECONDS
+    while True:
+        message = await communicator.receive_output(max(deadline - time.monotonic(), 0.01))
+        if message["type"] == "websocket.close":
+            return message["code"]
 
 
 async def _until_text(communicator) -> dict:
@@ -213,6 +233,7 @@ async def _until_text(communicator) -> dict:
         ("stranger", "http://testserver", 4404),
         (None, "http://testserver", 4401),
         ("operator", "http://evil.example", None),
+        ("operator", "http://localhost", 4403),
     ],
 )
 def test_terminal_refused_callers(instance, request, who, origin, code):
