@@ -37,6 +37,11 @@ FIRST_RETRY_SECONDS = 0.25
 @dataclass
 class _FlushRequest:
     done: threading.Event = field(default_factory=threading.Event)
+    is_written: bool = False
+
+    def answer(self, is_written: bool) -> None:
+        self.is_written = is_written
+        self.done.set()
 
 
 _STOP = object()
@@ -63,6 +68,7 @@ class AuditWriter:
         self.retry_max_seconds = retry_max_seconds
         self.spilled_count = 0
         self.failure_count = 0
+        self._count_lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -92,7 +98,7 @@ class AuditWriter:
             self._queue.put(request, timeout=timeout)
         except queue.Full:
             return False
-        return request.done.wait(max(0.0, deadline - time.monotonic()))
+        return request.done.wait(max(0.0, deadline - time.monotonic())) and request.is_written
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Write or spool everything queued and end the thread; True if nothing was left.
@@ -115,9 +121,10 @@ class AuditWriter:
 
         leftover = self._drain_nowait()
         self._spill(leftover)
+        is_empty = not leftover and not self.spool.has_pending()
         for request in self._waiting:
-            request.done.set()
-        return not leftover and not self.spool.has_pending()
+            request.answer(is_empty)
+        return is_empty
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -268,7 +275,8 @@ class AuditWriter:
             return
         try:
             self.spool.append(entries, sync=sync)
-            self.spilled_count += len(entries)
+            with self._count_lock:
+                self.spilled_count += len(entries)
         except OSError as exc:
             # Database and disk both refuse: the log is the last place left for them.
             for entry in entries:
@@ -290,7 +298,7 @@ class AuditWriter:
     def _answer_flush_requests(self) -> None:
         if self._waiting and not self.spool.has_pending():
             for request in self._waiting:
-                request.done.set()
+                request.answer(True)
             self._waiting = []
 
     def _drain_nowait(self) -> list[dict]:
@@ -301,7 +309,7 @@ class AuditWriter:
             except queue.Empty:
                 return entries
             if isinstance(item, _FlushRequest):
-                item.done.set()
+                item.answer(False)  # its entries are spooled, not written
             elif item is not _STOP:
                 entries.append(item)
 
