@@ -1,0 +1,64 @@
+"""Files and the terminal through a real ASGI server (uvicorn), a real worker and agent."""
+
+import json
+import os
+import time
+
+import pytest
+import requests
+from websockets.sync.client import connect as ws_connect
+
+from tests.conftest import PASSWORD
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def _login(base: str, username: str) -> requests.Session:
+    session = requests.Session()
+    response = session.post(
+        f"{base}/api/v1/auth/login", json={"username": username, "password": PASSWORD}, timeout=5
+    )
+    assert response.status_code == 200
+    return session
+
+
+def test_live_upload_and_streamed_download_byte_exact(live_web, owned_instance, tmp_path):
+    instance, _ = owned_instance
+    session = _login(live_web, "operator")
+    url = f"{live_web}/api/v1/instances/{instance.pk}/files/content"
+    data = os.urandom(5 * 1024 * 1024)
+    target = tmp_path / "live.bin"
+
+    put = session.put(url, params={"path": str(target)}, data=data, timeout=30)
+    with session.get(url, params={"path": str(target)}, stream=True, timeout=30) as got:
+        chunks = list(got.iter_content(chunk_size=65536))
+
+    assert put.status_code == 200, put.text
+    assert target.read_bytes() == data
+    assert got.status_code == 200
+    assert got.headers["Content-Length"] == str(len(data))
+    assert b"".join(chunks) == data
+
+
+def test_live_terminal_websocket_runs_command(live_web, owned_instance):
+    instance, _ = owned_instance
+    session = _login(live_web, "operator")
+    socket_url = f"{live_web.replace('http', 'ws')}/api/v1/instances/{instance.pk}/terminal"
+
+    with ws_connect(
+        socket_url,
+        origin=live_web,
+        additional_headers={"Cookie": f"session={session.cookies['session']}"},
+        open_timeout=10,
+    ) as websocket:
+        info = json.loads(websocket.recv(timeout=10))
+        websocket.send(b"echo live-$((2+3))\n")
+        output = b""
+        deadline = time.monotonic() + 10
+        while b"live-5" not in output:
+            assert time.monotonic() < deadline, output
+            message = websocket.recv(timeout=10)
+            output += message if isinstance(message, bytes) else b""
+
+    assert info["type"] == "session_info"
+    assert info["session_id"]
