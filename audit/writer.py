@@ -129,6 +129,10 @@ class AuditWriter:
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def is_failing(self) -> bool:
+        """True from a failed write until the next successful one."""
+        return self._retry_delay > 0
+
     def _ensure_started(self) -> bool:
         if self._thread is not None and self._thread.is_alive():
             return True
@@ -215,7 +219,9 @@ class AuditWriter:
             self._record_failure(exc)
             return False
         if replayed:
-            logger.info("[ssh-audit] replayed spooled audit entries count=%s", replayed)
+            # After an outage this is news; after a full queue overflowed, it is routine.
+            level = logging.INFO if self.is_failing() else logging.DEBUG
+            logger.log(level, "[ssh-audit] replayed spooled audit entries count=%s", replayed)
         self._retry_delay = 0.0
         return not self.spool.has_pending()
 
@@ -388,7 +394,8 @@ def shutdown_default_writer(timeout: float | None = None) -> None:
     if writer is None:
         return
     timeout = timeout or getattr(settings, "CLAWORC_AUDIT_SHUTDOWN_TIMEOUT_SECONDS", 10.0)
-    is_flushed = writer.is_alive() and writer.flush(timeout)
+    # With the database away, waiting for it only delays the exit: spool at once.
+    is_flushed = writer.is_alive() and not writer.is_failing() and writer.flush(timeout)
     if not writer.stop(timeout) and not is_flushed:
         logger.warning(
             "[ssh-audit] shutdown left audit entries in the spool spool_dir=%s",
