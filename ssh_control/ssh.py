@@ -43,6 +43,10 @@ _WEAK_ALGORITHM = re.compile(r"cbc|3des|md5|hmac-sha1|sha1$|group1-|group14-sha1
 # busy core at a few hundred idle connections; liveness is proven by keepalives instead.
 TRANSPORT_WAKE_SECONDS = 1.0
 READ_CHUNK = 32768
+# paramiko's transport thread logs a traceback for every failed handshake; the failure
+# already reaches the caller as SSHConnectionError, so the thread's own log is silenced.
+TRANSPORT_LOGGER = f"{__name__}.transport"
+logging.getLogger(TRANSPORT_LOGGER).setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,7 @@ def connect(
     sock = _open_socket(family, sockaddr, timeout)
     local_address = normalise_ip(sock.getsockname()[0])
     transport = _Transport(sock, disabled_algorithms=_disabled_algorithms())
+    transport.set_log_channel(TRANSPORT_LOGGER)
     transport.banner_timeout = transport.handshake_timeout = transport.auth_timeout = timeout
     if pinned is not None:
         _prefer_key_type(transport, pinned.key_type)
@@ -577,10 +582,14 @@ class Shell:
     def is_closed(self) -> bool:
         return self._channel.closed or self._channel.eof_received
 
-    @property
-    def has_exited(self) -> bool:
-        """True when the shell itself ended (rather than the connection under it)."""
-        return self._channel.exit_status_ready()
+    def exit_status(self, *, timeout: float) -> int | None:
+        """The shell's exit status, or None when the channel closed without one.
+
+        sshd reports the status after the PTY's end of file, so it is awaited briefly.
+        """
+        self._channel.status_event.wait(timeout)
+        status = self._channel.exit_status
+        return None if status == -1 else status
 
     def read(self) -> bytes | None:
         """Output waiting now, None when there is none, b"" once the shell has ended."""

@@ -45,6 +45,7 @@ TERM = "xterm-256color"
 MAX_DIMENSION = 1000
 CLIENT_SOCKET_TIMEOUT_SECONDS = 30
 PUMP_WAKE_SECONDS = 1.0
+EXIT_STATUS_WAIT_SECONDS = 2.0
 
 _sessions: dict[str, "TerminalSession"] = {}
 _sessions_lock = threading.Lock()
@@ -247,7 +248,8 @@ class TerminalSession:
                 select.select([self.shell], [], [], PUMP_WAKE_SECONDS)
                 data = self.shell.read()
                 if data == b"":
-                    reason = "shell exited" if self.shell.has_exited else "connection closed"
+                    status = self.shell.exit_status(timeout=EXIT_STATUS_WAIT_SECONDS)
+                    reason = "connection closed" if status is None else "shell exited"
                     break
                 if data:
                     self._output(data)
