@@ -74,6 +74,8 @@ class AuditWriter:
         self._start_lock = threading.Lock()
         self._is_stopped = False
         self._waiting: list[_FlushRequest] = []
+        # The batch being inserted, for `stop` to spool if the insert hangs.
+        self._in_flight: list[dict] = []
         self._retry_delay = 0.0
         self._next_attempt_at = 0.0
 
@@ -103,12 +105,10 @@ class AuditWriter:
     def stop(self, timeout: float = 10.0) -> bool:
         """Write or spool everything queued and end the thread; True if nothing was left.
 
-        Whatever the thread could not take within `timeout` is spooled here, so a clean
-        shutdown loses nothing when the database refuses.
+        Whatever the thread could not finish within `timeout` is spooled here, including a
+        batch it is still inserting into a database that hangs: if that insert completes
+        after all, the replay finds the entries present and skips them.
         """
-        # TODO(#3): a batch the thread is inserting when `timeout` runs out is lost if the
-        # database hangs instead of refusing; bound it with `connect_timeout` in DATABASE_URL
-        # until the writer spools each batch before inserting it.
         with self._start_lock:
             self._is_stopped = True
             thread = self._thread
@@ -120,7 +120,11 @@ class AuditWriter:
             thread.join(timeout)
 
         leftover = self._drain_nowait()
+        if thread is not None and thread.is_alive():
+            leftover = list(self._in_flight) + leftover
         self._spill(leftover)
+        # Released, so another process (or the next writer here) may replay it.
+        self.spool.seal()
         is_empty = not leftover and not self.spool.has_pending()
         for request in self._waiting:
             request.answer(is_empty)
@@ -201,6 +205,7 @@ class AuditWriter:
         if self.spool.is_dirty and not self._replay_if_due():
             self._spill(entries)
             return
+        self._in_flight = entries
         try:
             self._insert(entries)
         except Exception as exc:
@@ -208,6 +213,8 @@ class AuditWriter:
             self._spill(entries)
         else:
             self._retry_delay = 0.0
+        finally:
+            self._in_flight = []
 
     def _replay_if_due(self, *, force: bool = False) -> bool:
         """Replay the spool when the backoff allows; True if it is now empty."""

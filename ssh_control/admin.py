@@ -80,7 +80,7 @@ class InstanceAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
     )
-    actions = ("test_connection", "reconnect", "rotate_key")
+    actions = ("test_connection", "reconnect", "rotate_key", "accept_host_key")
 
     def get_queryset(self, request):
         queryset = super().get_queryset(request).select_related("connection", "host_key_pin")
@@ -128,7 +128,10 @@ class InstanceAdmin(admin.ModelAdmin):
     @admin.display(description="pinned host key")
     def host_key(self, obj):
         pin = getattr(obj, "host_key_pin", None)
-        return f"{pin.key_type} {pin.fingerprint} ({pin.source})" if pin else "not pinned yet"
+        if pin is None:
+            return "not pinned yet"
+        refused = f"; refused: {pin.offered_fingerprint}" if pin.offered_fingerprint else ""
+        return f"{pin.key_type} {pin.fingerprint} ({pin.source}){refused}"
 
     def save_model(self, request, obj, form, change):
         fields = {name: form.cleaned_data[name] for name in services.INSTANCE_FIELDS}
@@ -176,6 +179,28 @@ class InstanceAdmin(admin.ModelAdmin):
     def rotate_key(self, request, queryset):
         self._dispatch_each(
             request, queryset, dispatch.ROTATE_KEY, "rotated", actor=request.user.get_username()
+        )
+
+    @admin.action(description="Accept the host key the agent presented (after a mismatch)")
+    def accept_host_key(self, request, queryset):
+        accepted = []
+        for instance in queryset.select_related("host_key_pin"):
+            pin = getattr(instance, "host_key_pin", None)
+            if pin is None or not pin.offered_fingerprint:
+                self.message_user(
+                    request, f"{instance.name}: no refused host key to accept", messages.WARNING
+                )
+                continue
+            offered = pin.offered_fingerprint
+            services.host_key_accept(instance, fingerprint=offered, actor=request.user)
+            self.message_user(request, f"{instance.name}: host key {offered} accepted")
+            accepted.append(instance.pk)
+        self._dispatch_each(
+            request,
+            queryset.filter(pk__in=accepted),
+            dispatch.RECONNECT,
+            "reconnected",
+            actor=request.user.get_username(),
         )
 
 

@@ -3,12 +3,13 @@
 It stands in for the database going away without stopping the shared server: `cut()`
 resets every forwarded connection and stops listening, so clients see their connection
 drop and new connections refused, as when PostgreSQL stops; `restore()` listens again on
-the same port.
+the same port. `freeze()` holds every byte instead, like a server or link that hangs.
 """
 
 import socket
 import struct
 import threading
+import time
 
 
 class TcpProxy:
@@ -19,6 +20,7 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self.accepted_count = 0
+        self.is_frozen = threading.Event()
 
     def start(self) -> "TcpProxy":
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -53,7 +55,12 @@ class TcpProxy:
             sock.close()
 
     def restore(self) -> None:
+        self.is_frozen.clear()
         self.start()
+
+    def freeze(self) -> None:
+        """Stop forwarding without closing anything: requests go unanswered."""
+        self.is_frozen.set()
 
     def close(self) -> None:
         self.cut()
@@ -73,13 +80,15 @@ class TcpProxy:
             with self._lock:
                 self._sockets.update((client, upstream))
                 self.accepted_count += 1
-            threading.Thread(target=_pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
+            for pair in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(*pair, self.is_frozen), daemon=True).start()
 
 
-def _pump(source: socket.socket, destination: socket.socket) -> None:
+def _pump(source: socket.socket, destination: socket.socket, is_frozen: threading.Event) -> None:
     try:
         while data := source.recv(65536):
+            while is_frozen.is_set():
+                time.sleep(0.01)
             destination.sendall(data)
     except OSError:
         pass

@@ -288,6 +288,27 @@ def test_shutdown_with_database_down_spools_queued_entries(proxy, make_writer, t
     assert sorted(entry["data"]["seq"] for entry in spooled) == list(range(100))
 
 
+@outage_db
+def test_shutdown_with_database_hanging_spools_the_batch_in_flight(proxy, make_writer, tmp_path):
+    """The insert never returns; stopping still leaves every entry in the spool, and the
+    replay after the database is back writes each exactly once."""
+    writer = make_writer(using=OUTAGE_ALIAS, batch_size=20)
+    run = uuid.uuid4().hex
+    writer.submit(make_entry(run, 100))
+    assert writer.flush(10)  # connected through the proxy
+    proxy.freeze()
+    for seq in range(100):
+        writer.submit(make_entry(run, seq))
+    assert wait_until(lambda: writer._in_flight)
+
+    assert not writer.stop(1)
+
+    proxy.cut()  # the hung insert fails now and spools its batch a second time
+    proxy.restore()
+    assert make_writer(using=OUTAGE_ALIAS).flush(30)
+    assert sorted(rows_of(run).values_list("data__seq", flat=True)) == list(range(101))
+
+
 @pytest.mark.slow
 def test_process_exit_writes_queued_entries(db, tmp_path):
     """A process that records and exits at once: atexit writes what is still queued."""
