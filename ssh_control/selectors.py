@@ -3,7 +3,7 @@
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from ssh_control.choices import ConnectionState, TunnelStatus
+from ssh_control.choices import ConnectionEventType, ConnectionState, TunnelStatus
 from ssh_control.exceptions import NoSSHKey
 from ssh_control.models import ConnectionEvent, ConnectionStatus, Instance, Tunnel
 
@@ -111,6 +111,14 @@ def fleet_metrics(instances) -> dict:
         unhealthy=Count("pk", filter=Q(status=TunnelStatus.UNHEALTHY)),
         bytes_transferred=Sum("bytes_transferred"),
     )
+    events = ConnectionEvent.objects.filter(instance__in=instances).aggregate(
+        reconnects=Count("pk", filter=Q(event_type=ConnectionEventType.RECONNECTING)),
+        rate_limit_blocks=Count("pk", filter=Q(event_type=ConnectionEventType.RATE_LIMITED)),
+        ip_restrictions=Count("pk", filter=Q(event_type=ConnectionEventType.IP_RESTRICTED)),
+        fingerprint_mismatches=Count(
+            "pk", filter=Q(event_type=ConnectionEventType.FINGERPRINT_MISMATCH)
+        ),
+    )
     total = instances.count()
     by_state = {state: statuses[state] for state in ConnectionState.values}
     # Instances without a published status count as disconnected.
@@ -122,6 +130,7 @@ def fleet_metrics(instances) -> dict:
         "unhealthy_connections": total - statuses["healthy"],
         "successful_checks": statuses["successful_checks"] or 0,
         "failed_checks": statuses["failed_checks"] or 0,
+        **events,
         "tunnels": {
             "total": tunnels["total"],
             "active": tunnels["active"],

@@ -1,5 +1,7 @@
 """The connection gate on real SSH workers: rate limit, failure block, IP restriction."""
 
+import time
+
 import pytest
 
 from audit.models import AuditEntry
@@ -60,12 +62,24 @@ def test_manager_rate_limit_exact_across_two_workers(
         response = client.post(_url(instance, "ssh-test"))
         assert response.status_code == 200, response.json()
         assert response.json()["success"] is True
+    steps = response.json()["steps"]
+    assert [step["name"] for step in steps] == [
+        "endpoint_resolution",
+        "key_fingerprint",
+        "ip_restriction",
+        "ssh_connection",
+    ]
+    assert all(step["success"] and step["duration_ms"] >= 0 for step in steps)
+    assert agent.host_fingerprint in steps[3]["detail"]
 
     # Ownership moves when the owner dies; attempt 6 is the new owner's connect.
     (first if first.node == owner else second).kill()
+    killed_at = time.monotonic()
     survivor = second.node if first.node == owner else first.node
     wait_until(lambda: lease_node(instance) == survivor, timeout=10, message="lease moved")
     wait_status(instance, timeout=10, state=ConnectionState.CONNECTED, owner_node=survivor)
+    # Lease TTL (3 s) plus one claim round (1 s) plus one connect.
+    assert time.monotonic() - killed_at <= 6
 
     for _ in range(4):
         assert client.post(_url(instance, "ssh-test")).status_code == 200
@@ -96,11 +110,12 @@ def test_manager_failure_block_exact_across_two_workers(make_instance, start_wor
     assert "due to 5 consecutive failures; retry after" in status_of(instance).last_error
 
     # The block holds in the other worker too, and nothing reaches the port.
+    refusals = _blocked_events(instance).count()
     (first if first.node == owner else second).kill()
     survivor = second.node if first.node == owner else first.node
     wait_until(lambda: lease_node(instance) == survivor, timeout=10, message="lease moved")
-    refusals = _blocked_events(instance).count()
     wait_until(lambda: _blocked_events(instance).count() > refusals, timeout=10)
+    assert status_of(instance).owner_node == survivor
     response = client_for(admin_user).post(_url(instance, "ssh-test"))
     assert response.status_code == 429
     assert response.json()["code"] == "connection_blocked"
@@ -110,6 +125,9 @@ def test_manager_failure_block_exact_across_two_workers(make_instance, start_wor
     assert 1 <= int(response["Retry-After"]) <= 30
     assert listener.count == 5
     listener.close()
+    metrics = client_for(admin_user).get("/api/v1/ssh-metrics").json()
+    assert metrics["rate_limit_blocks"] >= 2
+    assert metrics["connections_by_state"]["reconnecting"] == 1
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from ssh_control.choices import ConnectionState, HostKeyPinSource
 from ssh_control.models import HostKeyPin
 from tests.agents import wait_until
 from tests.conftest import client_for
-from tests.ssh_control.conftest import status_of, wait_status
+from tests.ssh_control.conftest import lease_node, status_of, wait_status
 
 
 def _accept_url(instance) -> str:
@@ -43,8 +43,11 @@ def test_manager_host_key_swap_refused_until_admin_accepts(
     assert agent.accepted_count() == 1
     wait_until(_audited(instance, "fingerprint_mismatch").exists, timeout=5)
 
-    # Still refused by a restarted worker, since the pin lives in the database.
+    # Still refused by a restarted worker, since the pin lives in the database. A clean
+    # stop publishes `disconnected` and releases the lease at once.
     worker.stop()
+    assert status_of(instance).state == ConnectionState.DISCONNECTED
+    assert lease_node(instance) is None
     mismatches = _audited(instance, "fingerprint_mismatch").count()
     start_worker().wait_ready()
     wait_until(lambda: _audited(instance, "fingerprint_mismatch").count() > mismatches, timeout=15)

@@ -17,6 +17,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from ssh_control.demo import demo_start
+
 STOP_GRACE_SECONDS = 10
 ADMIN_PASSWORD_FILE = "admin-password"
 
@@ -55,6 +57,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1", help="Address the web server binds.")
         parser.add_argument("--port", type=int, default=8000, help="Web server port (8000).")
+        parser.add_argument(
+            "--no-demo", action="store_true", help="Do not start the local demo agent."
+        )
 
     def handle(self, *args, **options):
         if not 0 < options["port"] < 65536:
@@ -68,6 +73,7 @@ class Command(BaseCommand):
             "ssh-worker": worker_command(node),
             "beat": beat_command(),
         }
+        demo = None if options["no_demo"] else demo_start(write=self.stdout.write)
         children = {name: subprocess.Popen(command) for name, command in commands.items()}
 
         url = f"http://{options['host']}:{options['port']}"
@@ -77,7 +83,10 @@ class Command(BaseCommand):
             f"  admin:  {url}/admin/\n  API:    {url}/api/v1/  (schema: {url}/api/v1/schema/)\n"
             f"  {login_hint}\nPress Ctrl-C to stop.\n"
         )
-        sys.exit(self._supervise(children))
+        exit_code = self._supervise(children)
+        if demo is not None:
+            demo.stop()
+        sys.exit(exit_code)
 
     def _ensure_admin(self) -> str:
         """Create a first admin with a random password on a fresh database."""
