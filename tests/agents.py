@@ -38,7 +38,7 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.05, message: st
 class Agent:
     """One sshd serving `root` with keys from its own `authorized_keys` file."""
 
-    def __init__(self, root: Path, name: str, *, port: int | None = None):
+    def __init__(self, root: Path, name: str, *, port: int | None = None, extra_config: str = ""):
         self.dir = root / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -47,6 +47,7 @@ class Agent:
         self.authorized_keys = self.dir / "authorized_keys"
         self.authorized_keys.touch()
         self.log_path = self.dir / "sshd.log"
+        self.extra_config = extra_config
         self.process = None
         self.new_host_key()
 
@@ -92,7 +93,7 @@ class Agent:
             "LogLevel VERBOSE\n"
             # bash sources ~/.bashrc for commands run by sshd only at shell level 1; this
             # keeps the test machine's root profile out of every exec's latency.
-            "SetEnv SHLVL=1\n"
+            "SetEnv SHLVL=1\n" + self.extra_config
         )
         return config
 
@@ -153,7 +154,10 @@ class Agent:
     def signal_connections(self, signum: int) -> list[int]:
         pids = self.connection_pids()
         for pid in pids:
-            os.kill(pid, signum)
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
         return pids
 
 

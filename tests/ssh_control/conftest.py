@@ -119,8 +119,8 @@ def make_agent(tmp_path):
     """Start sshd agents (not waiting), each authorizing the given instance's key."""
     agents = []
 
-    def make(instance=None, *, name: str | None = None) -> Agent:
-        agent = Agent(tmp_path / "agents", name or f"agent-{len(agents)}")
+    def make(instance=None, *, name: str | None = None, port: int | None = None) -> Agent:
+        agent = Agent(tmp_path / "agents", name or f"agent-{len(agents)}", port=port)
         if instance is not None:
             agent.authorize(instance.ssh_public_key)
         agents.append(agent.start())

@@ -118,3 +118,18 @@ def test_manager_frozen_sshd_detected_unhealthy_and_healed(make_instance, make_a
     healing = ["keepalive_failed", "health_check_failed", "reconnecting", "connected"]
     assert kinds[2:6] == healing, kinds
     assert status.successful_check_count > before
+
+
+def test_manager_failed_instance_recovered_by_slow_retry(make_instance, make_agent, start_worker):
+    port = free_port()
+    instance = make_instance("life-4", ssh_port=port)
+    start_worker(
+        CLAWORC_SSH_RECONNECT_MAX_RETRIES=2, CLAWORC_SSH_FAILED_RETRY_INTERVAL_SECONDS=1
+    ).wait_ready()
+    wait_status(instance, timeout=10, state=ConnectionState.FAILED)
+
+    make_agent(instance, port=port).wait_ready()
+    wait_status(instance, timeout=10, state=ConnectionState.CONNECTED, is_healthy=True)
+    connected = _events(instance, ConnectionEventType.CONNECTED)
+    assert [event.reason for event in connected] == ["periodic retry succeeded"]
+    assert connected[0].from_state == ConnectionState.CONNECTING
