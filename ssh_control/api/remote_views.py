@@ -44,13 +44,13 @@ class PathSerializer(serializers.Serializer):
 
 
 class RenameSerializer(serializers.Serializer):
-    source = serializers.CharField(max_length=4096, trim_whitespace=False)
-    target = serializers.CharField(max_length=4096, trim_whitespace=False)
+    """`{"from", "to"}`: declared in `get_fields` because both are Python keywords."""
 
-    def to_internal_value(self, data):
-        # The API speaks `from`/`to`, which are not valid Python names.
-        renamed = {"source": data.get("from"), "target": data.get("to")}
-        return super().to_internal_value({k: v for k, v in renamed.items() if v is not None})
+    def get_fields(self):
+        return {
+            "from": serializers.CharField(max_length=4096, trim_whitespace=False),
+            "to": serializers.CharField(max_length=4096, trim_whitespace=False),
+        }
 
 
 class InstanceRemoteViewSet(viewsets.GenericViewSet):
@@ -144,8 +144,8 @@ class InstanceRemoteViewSet(viewsets.GenericViewSet):
         body.is_valid(raise_exception=True)
         result = services.path_rename(
             instance,
-            source=body.validated_data["source"],
-            target=body.validated_data["target"],
+            source=body.validated_data["from"],
+            target=body.validated_data["to"],
             actor=request.user,
         )
         return Response(result)

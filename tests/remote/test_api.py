@@ -204,3 +204,10 @@ def test_files_api_upload_over_limit_refused_with_413(instance, operator, settin
 
     assert response.status_code == 413
     assert response.json()["code"] == "file_too_large"
+
+
+@pytest.mark.parametrize("body", [{"from": "/tmp/a"}, {"to": "/tmp/b"}, ["/tmp/a", "/tmp/b"]])
+def test_files_api_rename_incomplete_body_refused(instance, operator, body):
+    response = client_for(operator).post(_url(instance, "files/rename"), body, format="json")
+
+    assert response.status_code == 400

@@ -270,3 +270,29 @@ def test_terminal_without_owner_reports_error(instance, operator):
         "code": "ssh_manager_unavailable",
     }
     assert closed == {"type": "websocket.close", "code": 4503}
+
+
+def test_terminal_connection_lost_ends_session_with_reason(
+    remote_instance, agent_for, start_worker, operator
+):
+    agent = agent_for(remote_instance)
+    start_worker().wait_ready()
+    wait_status(remote_instance, timeout=20, state=ConnectionState.CONNECTED, is_healthy=True)
+    headers = _headers(operator)
+
+    async def scenario():
+        communicator = _communicator(remote_instance, headers)
+        assert (await communicator.connect(RECEIVE_TIMEOUT_SECONDS))[0]
+        assert (await _json(communicator))["type"] == "session_info"
+        await communicator.send_to(bytes_data=b"echo up-$((1+1))\n")
+        await _read_until(communicator, b"up-2")
+        agent.stop()
+        end = await _until_text(communicator)
+        await communicator.disconnect()
+        return end
+
+    end = async_to_sync(scenario)()
+
+    assert end == {"type": "session_end", "reason": "connection closed"}
+    [audited] = audit_entries(remote_instance, "terminal_session_end")
+    assert audited.data["reason"] == "connection closed"
