@@ -67,6 +67,7 @@ def terminal_open(
     request_id: str | None = None,
 ) -> dict:
     """Start a session (or find `session_id` to resume) and offer an endpoint to attach."""
+    # TODO(#7): sessions per user and instance are not capped; an operator can open many.
     if session_id:
         session = _session_find(session_id, instance_id=instance_id, username=username)
     else:
@@ -103,6 +104,8 @@ class Recording:
         self._file = os.fdopen(fd, "w", encoding="utf-8")
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._started = time.monotonic()
+        # Output (the pump thread) and resizes (the client's thread) share the file.
+        self._lock = threading.Lock()
         header = {
             "version": 2,
             "width": cols,
@@ -114,8 +117,11 @@ class Recording:
         self._write(header)
 
     def _write(self, record) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
+        with self._lock:
+            if self._file.closed:
+                return
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.flush()
 
     def _event(self, code: str, data: str) -> None:
         self._write([round(time.monotonic() - self._started, 6), code, data])
@@ -129,10 +135,13 @@ class Recording:
         self._event("r", f"{cols}x{rows}")
 
     def close(self) -> None:
-        self._file.close()
+        with self._lock:
+            self._file.close()
 
 
 class TerminalSession:
+    """One shell on a PTY, its scrollback and recording, and at most one attached client."""
+
     def __init__(self, shell, *, instance_id, instance_name, cols, rows, actor, shell_name):
         self.id = secrets.token_urlsafe(18)
         self.shell = shell
