@@ -6,7 +6,9 @@ the time to connect them all, RSS per held connection, the duration of one keepa
 sweep over all of them, and idle CPU with the default timers. A second phase, in its own
 process, holds the same number of bare paramiko clients as the floor.
 
-Usage: python bench/hold_agents_bench.py [--agents 200] [--idle-seconds 30]
+Usage: python bench/hold_agents_bench.py [--agents 200] [--idle-seconds 65]
+The idle window (65 s by default) spans two keepalive sweeps and one `echo ping` sweep
+at the default intervals, so "idle" includes the periodic health checks.
 Environment: BENCH_DATABASE_URL (postgres://postgres@127.0.0.1:5432/claworc_bench) and
 BENCH_REDIS_URL (redis://127.0.0.1:6379/3); the bench database is emptied first.
 """
@@ -129,6 +131,10 @@ def phase_manager(count: int, idle_seconds: float) -> dict:
             sweep_started = time.monotonic()
             manager.keepalive_sweep()
             sweeps.append(time.monotonic() - sweep_started)
+        ping_started = time.monotonic()
+        checks = [manager._pool.submit(m.health_check) for m in manager.connections.values()]
+        healthy = sum(check.result() for check in checks)
+        ping_sweep = time.monotonic() - ping_started
         idle = idle_cpu_percent(idle_seconds)
         manager.stop()
     finally:
@@ -139,8 +145,11 @@ def phase_manager(count: int, idle_seconds: float) -> dict:
         "connect_all_seconds": round(connect_seconds, 2),
         "rss_per_connection_kb": round((held - before) / count, 1),
         "keepalive_sweep_seconds": [round(sweep, 3) for sweep in sweeps],
+        "echo_ping_sweep_seconds": round(ping_sweep, 3),
+        "echo_ping_healthy": healthy,
         "idle_cpu_percent": round(idle, 2),
         "keepalive_interval_seconds": settings.CLAWORC_SSH_KEEPALIVE_INTERVAL_SECONDS,
+        "health_check_interval_seconds": settings.CLAWORC_SSH_HEALTH_CHECK_INTERVAL_SECONDS,
     }
 
 
@@ -219,7 +228,7 @@ def phase_paramiko(count: int, idle_seconds: float) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=200)
-    parser.add_argument("--idle-seconds", type=float, default=30)
+    parser.add_argument("--idle-seconds", type=float, default=65)
     parser.add_argument("--phase", choices=("manager", "paramiko"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
