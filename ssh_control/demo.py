@@ -163,6 +163,9 @@ def _start_sshd(sshd: str, directory: Path, port: int) -> subprocess.Popen:
         "AllowTcpForwarding local\n"
         "X11Forwarding no\n"
         "Subsystem sftp internal-sftp\n"
+        # bash reads ~/.bashrc for sshd's commands only at shell level 1; a heavy profile
+        # would otherwise be timed as part of every health check.
+        "SetEnv SHLVL=1\n"
     )
     if os.geteuid() == 0:
         # sshd running as root needs its privilege separation directory.

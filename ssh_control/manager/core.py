@@ -175,6 +175,10 @@ class ConnectionManager:
 
     def lease_round(self) -> None:
         """Renew our leases, let go of lost ones, and claim free or expired instances."""
+        # TODO(#4): expiry is judged by each worker's clock; workers on several machines
+        # need synchronised clocks until leases are timed by the database's now().
+        # TODO(#4): a changed ssh_host/ssh_port/ssh_user applies at the next reconnect,
+        # not at once; the lease round could notice the change and reconnect.
         now = timezone.now()
         until = now + timedelta(seconds=settings.CLAWORC_SSH_LEASE_TTL_SECONDS)
         owned = list(self.connections)

@@ -66,6 +66,8 @@ class Endpoint:
 
 def endpoint_resolve(instance: Instance) -> Endpoint:
     """The agent's first address and our source address toward it (no packet sent)."""
+    # TODO(#4): only the first resolved address is tried; a host name with several
+    # addresses should fall back to the next one when the first is unreachable.
     family, sockaddr = ssh.resolve(instance.ssh_host, instance.ssh_port)[0]
     return Endpoint(family, sockaddr, ssh.route_source_address(family, sockaddr))
 
