@@ -15,7 +15,12 @@ from django.utils import timezone
 
 from ssh_control import ssh
 from ssh_control.choices import ConnectionEventType, ConnectionState
-from ssh_control.exceptions import ClaworcError, HostKeyMismatch, NoSSHConnection
+from ssh_control.exceptions import (
+    ClaworcError,
+    HostKeyMismatch,
+    NoSSHConnection,
+    SSHConnectionError,
+)
 from ssh_control.manager import publish
 from ssh_control.manager.gate import PING_COMMAND, gate_open
 from ssh_control.models import Instance
@@ -100,7 +105,15 @@ class ManagedConnection:
     def _open(self) -> ssh.Connection:
         if not self.manager.owns(self.instance_id):
             raise NoSSHConnection(f"lease on instance {self.instance_id} no longer held")
-        return gate_open(self.instance(), slots=self.manager.slots)
+        try:
+            return gate_open(self.instance(), slots=self.manager.slots)
+        except ClaworcError:
+            raise
+        except Exception as exc:
+            # A database or programming error counts as a failed attempt, so the healing
+            # goes on instead of leaving the instance stuck mid-attempt.
+            logger.exception("connect attempt failed instance=%s", self.instance_id)
+            raise SSHConnectionError(f"connect attempt failed: {type(exc).__name__}") from exc
 
     def _connected(self, generation, connection, reason: str, *, actor=None) -> bool:
         with self.lock:
@@ -202,6 +215,8 @@ class ManagedConnection:
         with self.lock:
             if generation != self.generation:
                 return
+            # Scheduled before the writes, so a failing database cannot stall the healing.
+            self.manager.schedule(delay, self._retry, generation)
             publish.event_record(
                 self.instance_id,
                 ConnectionEventType.RECONNECT_FAILED,
@@ -211,7 +226,6 @@ class ManagedConnection:
                 f"next attempt in {delay:g}s",
             )
             publish.status_update(self.instance_id, last_error=exc.message)
-        self.manager.schedule(delay, self._retry, generation)
 
     def _fail(self, generation: int, reason: str) -> None:
         with self.lock:
