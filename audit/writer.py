@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 # Serialises audit inserts across processes on PostgreSQL, so ids become visible in id
 # order and a page snapshot taken by id (`max_id`) never gains an older id later.
 INSERT_LOCK_KEY = 0x5A0D17
-# PostgreSQL takes at most 65535 parameters per statement; 11 columns x 1000 rows fits.
+# Rows per INSERT: bounds the statement's size and the bulk path's parameter count.
 INSERT_CHUNK_ROWS = 1000
 IDLE_WAKEUP_SECONDS = 1.0
 FIRST_RETRY_SECONDS = 0.25
