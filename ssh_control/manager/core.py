@@ -229,6 +229,10 @@ class ConnectionManager:
         return taken == 1
 
     def _adopt(self, instance_id: int, previous: str | None) -> None:
+        if self._stopping.is_set():
+            # Claimed while shutting down: give it straight back.
+            InstanceLease.objects.filter(instance_id=instance_id, node=self.node).delete()
+            return
         status = ConnectionStatus.objects.filter(instance_id=instance_id).first()
         state = status.state if status else ConnectionState.DISCONNECTED
         managed = ManagedConnection(self, instance_id, state)
