@@ -103,6 +103,8 @@ def start_worker(transactional_db, tmp_path):
             REDIS_URL=settings.REDIS_URL,
             CLAWORC_DATA_DIR=str(settings.DATA_DIR),
             CLAWORC_KEY_ENCRYPTION_SECRET=settings.CLAWORC_KEY_ENCRYPTION_SECRET,
+            # Given, so workers starting together do not race to create the secret file.
+            DJANGO_SECRET_KEY=settings.SECRET_KEY,
             CLAWORC_SSH_NODE=node,
         )
         worker = Worker(node, env, tmp_path / f"worker-{node}.log")
