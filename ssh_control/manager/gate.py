@@ -121,24 +121,28 @@ def attempt_check(instance: Instance) -> None:
     raise error
 
 
-def gate_open(instance: Instance, *, slots: SlotPool) -> ssh.Connection:
-    """Open a verified connection; the caller owns one slot until it closes it."""
+def gate_open(instance: Instance, *, slots: SlotPool, private_key=None) -> ssh.Connection:
+    """Open a verified connection; the caller owns one slot until it closes it.
+
+    `private_key` (an Ed25519PrivateKey) replaces the instance's stored key, for a key
+    rotation's test of its new key.
+    """
     slots.reserve()
     try:
         attempt_check(instance)
         endpoint = endpoint_resolve(instance)
         source_ip_check(instance, endpoint)
-        return _connect_counted(instance, endpoint)
+        return _connect_counted(instance, endpoint, private_key)
     except BaseException:
         slots.release()
         raise
 
 
-def _connect_counted(instance: Instance, endpoint: Endpoint) -> ssh.Connection:
+def _connect_counted(instance: Instance, endpoint: Endpoint, private_key) -> ssh.Connection:
     counters = attempt_counters()
     started = time.monotonic()
     try:
-        connection = _connect(instance, endpoint)
+        connection = _connect(instance, endpoint, private_key)
     except HostKeyMismatch as exc:
         counters.failure(instance.pk)
         _record_mismatch(instance, exc)
@@ -154,14 +158,14 @@ def _connect_counted(instance: Instance, endpoint: Endpoint) -> ssh.Connection:
     return connection
 
 
-def _connect(instance: Instance, endpoint: Endpoint) -> ssh.Connection:
+def _connect(instance: Instance, endpoint: Endpoint, private_key) -> ssh.Connection:
     pin = HostKeyPin.objects.filter(instance=instance).first()
     pinned = ssh.HostKey(pin.key_type, pin.public_key, pin.fingerprint) if pin else None
     connection = ssh.connect(
         family=endpoint.family,
         sockaddr=endpoint.sockaddr,
         username=instance.ssh_user,
-        private_key=keys.load_private_key(instance.name),
+        private_key=private_key or keys.load_private_key(instance.name),
         pinned=pinned,
         timeout=settings.CLAWORC_SSH_CONNECT_TIMEOUT_SECONDS,
     )
