@@ -307,3 +307,37 @@ CLAWORC_TERMINAL_INPUT_BYTES_PER_SECOND = env_int(
 )
 # The SSH workers import the remote-operation tasks at start.
 CELERY_IMPORTS = [*globals().get("CELERY_IMPORTS", ()), "ssh_control.remote.tasks"]
+
+# Key rotation (#5). The daily policy run first fires one minute after beat starts; the
+# reconciler finishes or rolls back rotations a crash or failure interrupted.
+from datetime import timedelta  # noqa: E402
+
+from ssh_control.rotation.schedules import after_start  # noqa: E402
+
+CLAWORC_KEY_ROTATION_CHECK_INTERVAL_SECONDS = env_seconds(
+    "CLAWORC_KEY_ROTATION_CHECK_INTERVAL_SECONDS", 24 * 60 * 60
+)
+CLAWORC_KEY_ROTATION_FIRST_CHECK_DELAY_SECONDS = env_seconds(
+    "CLAWORC_KEY_ROTATION_FIRST_CHECK_DELAY_SECONDS", 60
+)
+CLAWORC_KEY_ROTATION_RECONCILE_INTERVAL_SECONDS = env_seconds(
+    "CLAWORC_KEY_ROTATION_RECONCILE_INTERVAL_SECONDS", 60
+)
+# How long the replaced connection may keep serving requests in flight and open sessions.
+CLAWORC_KEY_ROTATION_DRAIN_SECONDS = env_seconds("CLAWORC_KEY_ROTATION_DRAIN_SECONDS", 30)
+CLAWORC_KEY_ROTATION_COMMAND_TIMEOUT_SECONDS = env_seconds(
+    "CLAWORC_KEY_ROTATION_COMMAND_TIMEOUT_SECONDS", 15
+)
+# Test-only: the rotation step at which a worker pauses (see ssh_control.rotation.engine).
+CLAWORC_KEY_ROTATION_TEST_PAUSE_STEP = os.environ.get("CLAWORC_KEY_ROTATION_TEST_PAUSE_STEP", "")
+CELERY_BEAT_SCHEDULE["rotate-due-ssh-keys"] = {
+    "task": "ssh_control.rotate_due_keys",
+    "schedule": after_start(
+        timedelta(seconds=CLAWORC_KEY_ROTATION_CHECK_INTERVAL_SECONDS),
+        timedelta(seconds=CLAWORC_KEY_ROTATION_FIRST_CHECK_DELAY_SECONDS),
+    ),
+}
+CELERY_BEAT_SCHEDULE["reconcile-key-rotations"] = {
+    "task": "ssh_control.reconcile_key_rotations",
+    "schedule": CLAWORC_KEY_ROTATION_RECONCILE_INTERVAL_SECONDS,
+}

@@ -82,15 +82,21 @@ def key_path(name: str) -> Path:
     return Path(settings.CLAWORC_SSH_KEY_DIR) / f"{name}.key"
 
 
-def write_private_key(name: str, key: GeneratedKey) -> Path:
+def pending_key_path(name: str) -> Path:
+    """Where a rotation keeps the new key until the database has switched to it."""
+    return Path(settings.CLAWORC_SSH_KEY_DIR) / f"{name}.key.next"
+
+
+def write_private_key(name: str, key: GeneratedKey, *, pending: bool = False) -> Path:
     """Write the key file atomically; it never exists with a mode other than 0600.
 
     The body goes to a temporary file opened with O_EXCL and mode 0600 (fchmod'ed before
     any byte is written, since the umask can only narrow the mode), is fsynced, then
     hard-linked to its final name, which fails rather than overwrite an existing key.
+    `pending` writes a rotation's new key to `<name>.key.next` instead.
     """
-    final = key_directory() / f"{name}.key"
-    temporary = final.with_name(f".{name}.key.{secrets.token_hex(6)}.tmp")
+    final = key_directory() / (pending_key_path(name).name if pending else f"{name}.key")
+    temporary = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, KEY_FILE_MODE)
         try:
@@ -107,7 +113,7 @@ def write_private_key(name: str, key: GeneratedKey) -> Path:
         raise KeyStorageError(f"cannot write key file {final}: {exc.strerror}") from None
     finally:
         temporary.unlink(missing_ok=True)
-    logger.info("key written instance=%s fingerprint=%s", name, key.fingerprint)
+    logger.info("key written instance=%s fingerprint=%s pending=%s", name, key.fingerprint, pending)
     return final
 
 
@@ -121,17 +127,70 @@ def delete_private_key(name: str) -> bool:
     return True
 
 
-def load_private_key(name: str) -> Ed25519PrivateKey:
-    """The decrypted private key, for the SSH connection code only."""
+def load_private_key(name: str, *, fingerprint: str = "") -> Ed25519PrivateKey:
+    """The decrypted private key, for the SSH connection code only.
+
+    With `fingerprint` (the one the database knows), the file holding that key is chosen
+    between `<name>.key` and a rotation's `<name>.key.next`, so the connection follows the
+    database the moment a rotation switches it, before the files are renamed.
+    """
+    current = _load_key_file(name, key_path(name))
+    if not fingerprint or private_key_fingerprint(current) == fingerprint:
+        return current
+    if pending_key_path(name).exists():
+        pending = _load_key_file(name, pending_key_path(name))
+        if private_key_fingerprint(pending) == fingerprint:
+            return pending
+    return current
+
+
+def load_pending_private_key(name: str) -> Ed25519PrivateKey:
+    return _load_key_file(name, pending_key_path(name))
+
+
+def private_key_fingerprint(private_key: Ed25519PrivateKey) -> str:
+    line = private_key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return public_key_fingerprint(line.decode())
+
+
+def promote_pending_key(name: str) -> bool:
+    """Rename `<name>.key.next` over `<name>.key`: one atomic step that also deletes the
+    old key's file. False when there is no pending key (already promoted)."""
     try:
-        body = key_path(name).read_bytes()
+        os.replace(pending_key_path(name), key_path(name))
+    except FileNotFoundError:
+        return False
     except OSError as exc:
-        raise KeyStorageError(f"cannot read key file {key_path(name)}: {exc.strerror}") from None
+        raise KeyStorageError(f"cannot replace key file {key_path(name)}: {exc.strerror}") from None
+    _fsync_directory(key_path(name).parent)
+    logger.info("pending key promoted instance=%s", name)
+    return True
+
+
+def delete_pending_key(name: str) -> bool:
+    try:
+        pending_key_path(name).unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise KeyStorageError(f"cannot delete {pending_key_path(name)}: {exc.strerror}") from None
+    _fsync_directory(key_path(name).parent)
+    logger.info("pending key file deleted instance=%s", name)
+    return True
+
+
+def _load_key_file(name: str, path: Path) -> Ed25519PrivateKey:
+    try:
+        body = path.read_bytes()
+    except OSError as exc:
+        raise KeyStorageError(f"cannot read key file {path}: {exc.strerror}") from None
     try:
         return serialization.load_ssh_private_key(body, password=key_passphrase(name))
     except ValueError:
         raise KeyStorageError(
-            f"key file {key_path(name)} cannot be decrypted with the configured secret"
+            f"key file {path} cannot be decrypted with the configured secret"
         ) from None
 
 

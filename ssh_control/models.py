@@ -12,6 +12,7 @@ from ssh_control.choices import (
     TunnelService,
     TunnelStatus,
 )
+from ssh_control.rotation.choices import RotationStatus, RotationStep
 from ssh_control.validators import validate_ssh_host
 
 # Names become key file names (`<name>.key`), so only a safe subset is allowed.
@@ -52,6 +53,12 @@ class Instance(models.Model):
     ssh_public_key = models.TextField(blank=True, default="")
     ssh_key_fingerprint = models.CharField(max_length=100, blank=True, default="")
     ssh_key_created_at = models.DateTimeField(null=True, blank=True)
+    authorized_keys_path = models.CharField(
+        max_length=1024,
+        default="~/.ssh/authorized_keys",
+        help_text="The agent's file of authorized keys for the SSH user (its AuthorizedKeysFile); "
+        "key installation and rotation edit it.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -190,3 +197,42 @@ class InstanceLease(models.Model):
 
     def __str__(self):
         return f"{self.instance} owned by {self.node}"
+
+
+class KeyRotation(models.Model):
+    """One rotation of an instance's key: the step about to be taken, written before it.
+
+    Only public halves are stored; the private keys live in the key directory.
+    """
+
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="key_rotations")
+    status = models.CharField(
+        max_length=16, choices=RotationStatus.choices, default=RotationStatus.IN_PROGRESS
+    )
+    step = models.CharField(
+        max_length=32, choices=RotationStep.choices, default=RotationStep.GENERATE_KEY
+    )
+    actor = models.CharField(max_length=150, blank=True, default="")
+    # The worker process running the steps; a new owner takes over by replacing it.
+    runner = models.CharField(max_length=250, blank=True, default="")
+    old_public_key = models.TextField(blank=True, default="")
+    old_fingerprint = models.CharField(max_length=100, blank=True, default="")
+    new_public_key = models.TextField(blank=True, default="")
+    new_fingerprint = models.CharField(max_length=100, blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-started_at", "-id")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("instance",),
+                condition=models.Q(status="in_progress"),
+                name="one_rotation_in_progress_per_instance",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.instance} {self.status} at {self.step}"

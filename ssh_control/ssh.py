@@ -623,3 +623,54 @@ class Shell:
 
     def close(self) -> None:
         self._channel.close()
+
+
+# Key installation and rotation (#5).
+
+
+def connect_with_password(
+    *,
+    family: int,
+    sockaddr: tuple,
+    username: str,
+    password: str,
+    pinned: HostKey | None,
+    timeout: float,
+) -> Connection:
+    """Like `connect`, but one password login (for installing the instance's key).
+
+    The password is used for this login only; no error message or log line carries it.
+    """
+    sock = _open_socket(family, sockaddr, timeout)
+    local_address = normalise_ip(sock.getsockname()[0])
+    transport = _Transport(sock, disabled_algorithms=_disabled_algorithms())
+    transport.set_log_channel(TRANSPORT_LOGGER)
+    transport.banner_timeout = transport.handshake_timeout = transport.auth_timeout = timeout
+    if pinned is not None:
+        _prefer_key_type(transport, pinned.key_type)
+    try:
+        host_key = _negotiate(transport, timeout)
+        if pinned is not None and host_key.fingerprint != pinned.fingerprint:
+            raise host_key_mismatch(pinned.fingerprint, host_key)
+        _authenticate_password(transport, username, password)
+    except BaseException:
+        transport.close()
+        raise
+    sock.settimeout(IDLE_WAKE_SECONDS)
+    return Connection(transport, host_key=host_key, local_address=local_address)
+
+
+def _authenticate_password(transport: _Transport, username: str, password: str) -> None:
+    try:
+        transport.auth_password(username, password, fallback=True)
+    except paramiko.AuthenticationException:
+        raise SSHConnectionError(f"password authentication as {username} failed") from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise SSHConnectionError(f"authentication failed: {type(exc).__name__}") from None
+    if not transport.is_authenticated():
+        raise SSHConnectionError(f"password authentication as {username} failed")
+
+
+def open_channel_count(connection: Connection) -> int:
+    """Channels still open on the connection (tunnel relays, commands, terminals)."""
+    return len(connection._transport._channels)

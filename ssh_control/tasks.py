@@ -34,3 +34,41 @@ def reconnect(instance_id: int, actor: str | None = None) -> dict:
         return operations.connection_reconnect(instance_id, actor=actor)
     except ClaworcError as exc:
         return error_payload(exc)
+
+
+# Key rotation (#5): the rotation and its recovery run on the owner; the two beat tasks
+# only decide which owners to ask.
+
+
+@shared_task(name="ssh_control.rotate_key", time_limit=300, soft_time_limit=270)
+def rotate_key(instance_id: int, actor: str | None = None, only_if_due: bool = False) -> dict:
+    from ssh_control.rotation import engine
+
+    try:
+        return engine.key_rotate(instance_id, actor=actor, only_if_due=only_if_due)
+    except ClaworcError as exc:
+        return error_payload(exc)
+
+
+@shared_task(name="ssh_control.recover_key_rotation", time_limit=300, soft_time_limit=270)
+def recover_key_rotation(instance_id: int) -> dict:
+    from ssh_control.rotation import engine
+
+    try:
+        return engine.key_rotation_recover(instance_id)
+    except ClaworcError as exc:
+        return error_payload(exc)
+
+
+@shared_task(name="ssh_control.reconcile_key_rotations", time_limit=120, soft_time_limit=100)
+def reconcile_key_rotations() -> list[int]:
+    from ssh_control.rotation import services
+
+    return services.rotation_reconcile()
+
+
+@shared_task(name="ssh_control.rotate_due_keys", time_limit=600, soft_time_limit=540)
+def rotate_due_keys() -> list[int]:
+    from ssh_control.rotation import services
+
+    return services.rotation_rotate_due()

@@ -152,6 +152,20 @@ class FingerprintSerializer(serializers.Serializer):
     host_key_pinned_at = serializers.DateTimeField(allow_null=True)
 
 
+class KeyInstallSerializer(serializers.Serializer):
+    password = serializers.CharField(
+        write_only=True, trim_whitespace=False, max_length=1024, style={"input_type": "password"}
+    )
+
+
+class KeyInstallResultSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    fingerprint = serializers.CharField()
+    appended = serializers.BooleanField()
+    message = serializers.CharField()
+    reconnect = serializers.DictField()
+
+
 class RotationResultSerializer(serializers.Serializer):
     success = serializers.BooleanField()
     fingerprint = serializers.CharField()

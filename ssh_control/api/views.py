@@ -19,6 +19,7 @@ from ssh_control.api import serializers
 from ssh_control.choices import GrantLevel
 from ssh_control.tunnels import services as tunnel_services
 from ssh_control.exceptions import ClaworcError
+from ssh_control.rotation import services as rotation_services
 
 EVENT_LIMIT_DEFAULT = 50
 EVENT_LIMIT_MAX = 1000
@@ -46,6 +47,7 @@ class InstanceViewSet(viewsets.ModelViewSet):
         "ssh_test": GrantLevel.OPERATE,
         "ssh_reconnect": GrantLevel.OPERATE,
         "rotate_ssh_key": ADMIN,
+        "install_ssh_key": ADMIN,
         "ssh_allowed_ips": ADMIN,
         "create_tunnel": ADMIN,
         "delete_tunnel": ADMIN,
@@ -163,6 +165,19 @@ class InstanceViewSet(viewsets.ModelViewSet):
         instance = self.get_object()
         result = dispatch.run_on_owner(
             instance, dispatch.ROTATE_KEY, actor=request.user.get_username()
+        )
+        return Response(result)
+
+    @extend_schema(
+        request=serializers.KeyInstallSerializer, responses=serializers.KeyInstallResultSerializer
+    )
+    @action(detail=True, methods=["post"], url_path="install-ssh-key")
+    def install_ssh_key(self, request, pk=None):
+        instance = self.get_object()
+        body = serializers.KeyInstallSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        result = rotation_services.key_install(
+            instance, password=body.validated_data["password"], actor=request.user
         )
         return Response(result)
 

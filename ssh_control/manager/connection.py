@@ -350,3 +350,42 @@ class ManagedConnection:
             self._fail(generation, f"periodic retry failed: {exc.message}")
             return
         self._connected(generation, connection, "periodic retry succeeded")
+
+    # Key rotation (#5).
+
+    def switch_connection(self, connection: ssh.Connection, reason: str, *, actor=None) -> None:
+        """Make `connection` (opened through the gate, holding a slot) the live one.
+
+        The tunnels keep their listeners and ports and open their next channels over it;
+        the old connection closes once its open channels (requests in flight, sessions)
+        end or CLAWORC_KEY_ROTATION_DRAIN_SECONDS pass.
+        """
+        from ssh_control.tunnels.supervisor import get_supervisor
+
+        with self.lock:
+            if self.is_closed:
+                connection.close()
+                self.manager.slots.release()
+                raise NoSSHConnection(f"instance {self.instance_id} is no longer managed here")
+            self.generation += 1
+            self.is_reconnecting = False
+            old, since = self.connection, self._connected_since
+            tunnels = get_supervisor().tunnels_of(self.instance_id)
+            if tunnels is not None and old is not None and tunnels.connection is old:
+                tunnels.connection = connection
+            self._connected(self.generation, connection, reason, actor=actor)
+        if old is not None:
+            deadline = time.monotonic() + settings.CLAWORC_KEY_ROTATION_DRAIN_SECONDS
+            self._close_when_drained(old, since, deadline)
+
+    def _close_when_drained(self, old: ssh.Connection, since: float, deadline: float) -> None:
+        if old.is_open and ssh.open_channel_count(old) and time.monotonic() < deadline:
+            self.manager.schedule(0.2, self._close_when_drained, old, since, deadline)
+            return
+        old.close()
+        self.manager.slots.release()
+        publish.audit_terminated(
+            self.instance(),
+            reason="replaced by a connection with the rotated key",
+            duration_seconds=time.monotonic() - since,
+        )

@@ -121,28 +121,33 @@ def attempt_check(instance: Instance) -> None:
     raise error
 
 
-def gate_open(instance: Instance, *, slots: SlotPool, private_key=None) -> ssh.Connection:
+def gate_open(
+    instance: Instance, *, slots: SlotPool, private_key=None, password: str | None = None
+) -> ssh.Connection:
     """Open a verified connection; the caller owns one slot until it closes it.
 
     `private_key` (an Ed25519PrivateKey) replaces the instance's stored key, for a key
-    rotation's test of its new key.
+    rotation's test of its new key; `password` logs in with a password instead, for the
+    one-time installation of the instance's key.
     """
     slots.reserve()
     try:
         attempt_check(instance)
         endpoint = endpoint_resolve(instance)
         source_ip_check(instance, endpoint)
-        return _connect_counted(instance, endpoint, private_key)
+        return _connect_counted(instance, endpoint, private_key, password)
     except BaseException:
         slots.release()
         raise
 
 
-def _connect_counted(instance: Instance, endpoint: Endpoint, private_key) -> ssh.Connection:
+def _connect_counted(
+    instance: Instance, endpoint: Endpoint, private_key, password
+) -> ssh.Connection:
     counters = attempt_counters()
     started = time.monotonic()
     try:
-        connection = _connect(instance, endpoint, private_key)
+        connection = _connect(instance, endpoint, private_key, password)
     except HostKeyMismatch as exc:
         counters.failure(instance.pk)
         _record_mismatch(instance, exc)
@@ -158,17 +163,23 @@ def _connect_counted(instance: Instance, endpoint: Endpoint, private_key) -> ssh
     return connection
 
 
-def _connect(instance: Instance, endpoint: Endpoint, private_key) -> ssh.Connection:
+def _connect(instance: Instance, endpoint: Endpoint, private_key, password) -> ssh.Connection:
     pin = HostKeyPin.objects.filter(instance=instance).first()
     pinned = ssh.HostKey(pin.key_type, pin.public_key, pin.fingerprint) if pin else None
-    connection = ssh.connect(
-        family=endpoint.family,
-        sockaddr=endpoint.sockaddr,
-        username=instance.ssh_user,
-        private_key=private_key or keys.load_private_key(instance.name),
-        pinned=pinned,
-        timeout=settings.CLAWORC_SSH_CONNECT_TIMEOUT_SECONDS,
-    )
+    target = {"family": endpoint.family, "sockaddr": endpoint.sockaddr, "pinned": pinned}
+    timeout = settings.CLAWORC_SSH_CONNECT_TIMEOUT_SECONDS
+    if password is not None:
+        connection = ssh.connect_with_password(
+            **target, username=instance.ssh_user, password=password, timeout=timeout
+        )
+    else:
+        # The key file the database names, which may still be a rotation's pending file.
+        private_key = private_key or keys.load_private_key(
+            instance.name, fingerprint=instance.ssh_key_fingerprint
+        )
+        connection = ssh.connect(
+            **target, username=instance.ssh_user, private_key=private_key, timeout=timeout
+        )
     try:
         # A first command also ends sshd's Nagle delay for the later ones.
         result = connection.run(
