@@ -3,6 +3,7 @@
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
 from claworc.admin_mixins import ReadOnlyAdminMixin
@@ -15,8 +16,10 @@ from ssh_control.models import (
     Instance,
     InstanceGrant,
     InstanceLease,
+    KeyRotation,
     Tunnel,
 )
+from ssh_control.rotation import services as rotation_services
 from ssh_control.validators import parse_allowed_ips
 
 STATE_COLOURS = {
@@ -29,6 +32,13 @@ STATE_COLOURS = {
 
 
 class InstanceForm(forms.ModelForm):
+    authorized_keys_path = forms.CharField(
+        required=False,
+        max_length=1024,
+        initial="~/.ssh/authorized_keys",
+        help_text=Instance._meta.get_field("authorized_keys_path").help_text,
+    )
+
     class Meta:
         model = Instance
         fields = (
@@ -40,14 +50,28 @@ class InstanceForm(forms.ModelForm):
             "gateway_port",
             "allowed_source_ips",
             "key_rotation_policy_days",
+            "authorized_keys_path",
         )
         widgets = {"allowed_source_ips": forms.TextInput(attrs={"size": 80})}
+
+    def clean_authorized_keys_path(self):
+        path = self.cleaned_data["authorized_keys_path"]
+        try:
+            return rotation_services.authorized_keys_path_clean(path) if path else path
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.messages[0]) from None
 
     def clean_allowed_source_ips(self):
         try:
             return parse_allowed_ips(self.cleaned_data["allowed_source_ips"])
         except ValidationError as exc:
             raise forms.ValidationError(exc.messages[0]) from None
+
+
+class KeyInstallForm(forms.Form):
+    """The one-time password for installing instances' keys; it is never stored."""
+
+    password = forms.CharField(widget=forms.PasswordInput, strip=False, max_length=1024)
 
 
 class InstanceGrantInline(admin.TabularInline):
@@ -80,7 +104,7 @@ class InstanceAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
     )
-    actions = ("test_connection", "reconnect", "rotate_key", "accept_host_key")
+    actions = ("test_connection", "reconnect", "rotate_key", "install_key", "accept_host_key")
 
     def get_queryset(self, request):
         queryset = super().get_queryset(request).select_related("connection", "host_key_pin")
@@ -149,6 +173,10 @@ class InstanceAdmin(admin.ModelAdmin):
         services.instance_set_allowed_ips(
             stored, allowed_ips=form.cleaned_data["allowed_source_ips"], actor=request.user
         )
+        if form.cleaned_data.get("authorized_keys_path"):
+            rotation_services.instance_set_authorized_keys_path(
+                stored, path=form.cleaned_data["authorized_keys_path"], actor=request.user
+            )
 
     def delete_model(self, request, obj):
         services.instance_delete(obj, actor=request.user)
@@ -180,6 +208,30 @@ class InstanceAdmin(admin.ModelAdmin):
         self._dispatch_each(
             request, queryset, dispatch.ROTATE_KEY, "rotated", actor=request.user.get_username()
         )
+
+    @admin.action(description="Install SSH key with a one-time password login")
+    def install_key(self, request, queryset):
+        form = KeyInstallForm(request.POST if "install_key_submit" in request.POST else None)
+        if not form.is_valid():
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Install SSH key",
+                "form": form,
+                "instances": queryset,
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                "opts": self.model._meta,
+            }
+            return TemplateResponse(request, "admin/ssh_control/install_ssh_key.html", context)
+        for instance in queryset:
+            try:
+                result = rotation_services.key_install(
+                    instance, password=form.cleaned_data["password"], actor=request.user
+                )
+            except ClaworcError as exc:
+                self.message_user(request, f"{instance.name}: {exc.message}", messages.ERROR)
+                continue
+            self.message_user(request, f"{instance.name}: {result['message']}", messages.SUCCESS)
+        return None
 
     @admin.action(description="Accept the host key the agent presented (after a mismatch)")
     def accept_host_key(self, request, queryset):
@@ -241,6 +293,14 @@ class HostKeyPinAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 class InstanceLeaseAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("instance", "node", "acquired_at", "expires_at")
     search_fields = ("instance__name", "node")
+    list_select_related = ("instance",)
+
+
+@admin.register(KeyRotation)
+class KeyRotationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("started_at", "instance", "status", "step", "actor", "new_fingerprint")
+    list_filter = ("status", "step")
+    search_fields = ("instance__name", "old_fingerprint", "new_fingerprint", "actor")
     list_select_related = ("instance",)
 
 

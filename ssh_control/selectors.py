@@ -159,4 +159,20 @@ def instance_fingerprint(instance: Instance) -> dict:
         "rotation_policy_days": instance.effective_rotation_policy_days,
         "host_key_fingerprint": pin.fingerprint if pin else None,
         "host_key_pinned_at": pin.pinned_at if pin else None,
+        "authorized_keys_path": instance.authorized_keys_path,
+        "last_rotation": _last_rotation(instance),
+    }
+
+
+def _last_rotation(instance: Instance) -> dict | None:
+    """The latest rotation's outcome; an unfinished one means both keys may be on the agent."""
+    record = instance.key_rotations.order_by("-started_at", "-id").first()
+    if record is None:
+        return None
+    return {
+        "status": record.status,
+        "step": record.step,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "error": record.error,
     }

@@ -150,6 +150,8 @@ class FingerprintSerializer(serializers.Serializer):
     rotation_policy_days = serializers.IntegerField()
     host_key_fingerprint = serializers.CharField(allow_null=True)
     host_key_pinned_at = serializers.DateTimeField(allow_null=True)
+    authorized_keys_path = serializers.CharField()
+    last_rotation = serializers.DictField(allow_null=True)
 
 
 class KeyInstallSerializer(serializers.Serializer):

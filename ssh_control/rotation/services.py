@@ -3,6 +3,7 @@ an instance's key on its agent with a one-time password login."""
 
 import logging
 
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from audit.choices import AuditEventType
@@ -114,3 +115,30 @@ def _reconnect_after_install(instance: Instance, actor) -> dict:
         return dispatch.run_on_owner(instance, dispatch.RECONNECT, actor=username)
     except ClaworcError as exc:
         return {"success": False, "error": exc.message, "code": exc.code}
+
+
+def authorized_keys_path_clean(path: str) -> str:
+    path = path.strip()
+    if not path or any(char in path for char in "\0\n\r") or not path.startswith(("/", "~/")):
+        raise ValidationError(
+            {"authorized_keys_path": "use an absolute path or one starting with ~/"}
+        )
+    return path
+
+
+def instance_set_authorized_keys_path(instance: Instance, *, path: str, actor) -> Instance:
+    """Change which agent file key installation and rotation edit."""
+    path = authorized_keys_path_clean(path)
+    previous = instance.authorized_keys_path
+    if path == previous:
+        return instance
+    instance.authorized_keys_path = path
+    Instance.objects.filter(pk=instance.pk).update(authorized_keys_path=path)
+    audit_record(
+        AuditEventType.INSTANCE_UPDATED,
+        instance=instance,
+        actor=actor,
+        details=f"authorized_keys_path changed from {previous} to {path}",
+        data={"authorized_keys_path": {"from": previous, "to": path}},
+    )
+    return instance

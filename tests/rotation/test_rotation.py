@@ -94,6 +94,10 @@ def test_rotation_with_tunnel_carrying_traffic_loses_no_request(rig, admin_user)
     assert Tunnel.objects.get(pk=tunnel.pk).local_port == tunnel.local_port
     record = KeyRotation.objects.get(instance=instance)
     assert (record.status, record.step) == ("completed", "restart_tunnels")
+    info = client_for(admin_user).get(f"/api/v1/instances/{instance.pk}/ssh-fingerprint")
+    assert info.json()["fingerprint"] == new_fingerprint
+    assert info.json()["last_rotation"]["status"] == "completed"
+    assert info.json()["age_days"] == 0
 
     assert audit_flush()
     entry = AuditEntry.objects.get(instance_id=instance.pk, event_type="key_rotation")
@@ -106,6 +110,7 @@ def test_rotation_with_tunnel_carrying_traffic_loses_no_request(rig, admin_user)
         [key_file_body, keys.key_path(instance.name).read_bytes()],
         haystacks=[
             response.content,
+            info.content,
             setup.worker.log().encode(),
             b"".join(str(row.__dict__).encode() for row in AuditEntry.objects.all()),
             str(KeyRotation.objects.values()).encode(),
