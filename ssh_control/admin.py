@@ -96,6 +96,7 @@ class InstanceAdmin(admin.ModelAdmin):
     list_filter = ("connection__state", "connection__is_healthy")
     search_fields = ("name", "ssh_host", "ssh_key_fingerprint")
     readonly_fields = (
+        "web_services",
         "authorized_keys_line",
         "ssh_key_fingerprint",
         "ssh_key_created_at",
@@ -142,6 +143,17 @@ class InstanceAdmin(admin.ModelAdmin):
         if not tunnels:
             return "-"
         return ", ".join(f"{tunnel.name or tunnel.service}: {tunnel.status}" for tunnel in tunnels)
+
+    @admin.display(description="web services")
+    def web_services(self, obj):
+        if obj.pk is None:
+            return "-"
+        return format_html(
+            '<a href="/instances/{}/gateway/" target="_blank">Gateway UI</a> &middot; '
+            '<a href="/instances/{}/vnc/" target="_blank">noVNC desktop</a>',
+            obj.pk,
+            obj.pk,
+        )
 
     @admin.display(description="authorized_keys line")
     def authorized_keys_line(self, obj):

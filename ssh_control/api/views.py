@@ -17,9 +17,9 @@ from ssh_control import dispatch, selectors, services
 from ssh_control.access import ADMIN, HasInstanceLevel, visible_instances
 from ssh_control.api import serializers
 from ssh_control.choices import GrantLevel
-from ssh_control.tunnels import services as tunnel_services
 from ssh_control.exceptions import ClaworcError
 from ssh_control.rotation import services as rotation_services
+from ssh_control.tunnels import services as tunnel_services
 
 EVENT_LIMIT_DEFAULT = 50
 EVENT_LIMIT_MAX = 1000

@@ -24,6 +24,7 @@ from ssh_control.exceptions import (
 from ssh_control.manager import publish
 from ssh_control.manager.gate import PING_COMMAND, gate_open
 from ssh_control.models import Instance
+from ssh_control.tunnels.supervisor import get_supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,9 @@ class ManagedConnection:
                 last_health_check_at=now,
                 last_error="",
             )
+            # The instance's tunnels now ride this connection (replacing any older one's);
+            # attached under the lock, so a concurrent drop cannot leave them on a dead one.
+            get_supervisor().attach(self.instance_id, connection)
         publish.audit_established(
             self.instance(),
             fingerprint=connection.host_key.fingerprint,
@@ -150,6 +154,8 @@ class ManagedConnection:
             duration = time.monotonic() - self._connected_since
         if connection is None:
             return
+        # A tunnel never outlives the connection it runs on.
+        get_supervisor().detach(self.instance_id, reason, connection=connection)
         connection.close()
         self.manager.slots.release()
         try:
@@ -360,8 +366,6 @@ class ManagedConnection:
         the old connection closes once its open channels (requests in flight, sessions)
         end or CLAWORC_KEY_ROTATION_DRAIN_SECONDS pass.
         """
-        from ssh_control.tunnels.supervisor import get_supervisor
-
         with self.lock:
             if self.is_closed:
                 connection.close()

@@ -203,9 +203,13 @@ class TunnelSupervisor:
             previous.shutdown("SSH connection replaced")
         self._wake.set()
 
-    def detach(self, instance_id: int, reason: str) -> None:
+    def detach(self, instance_id: int, reason: str, *, connection=None) -> None:
+        """Close the instance's tunnels; with `connection`, only if they ride that one."""
         with self._lock:
-            tunnels = self._instances.pop(instance_id, None)
+            tunnels = self._instances.get(instance_id)
+            if tunnels is None or (connection is not None and tunnels.connection is not connection):
+                return
+            del self._instances[instance_id]
         if tunnels is not None:
             tunnels.shutdown(f"SSH connection down: {reason}")
 

@@ -4,6 +4,7 @@ import pytest
 from django.test import Client
 
 from audit.models import AuditEntry
+from audit.services import audit_flush
 from ssh_control.models import ConnectionStatus, Instance
 
 
@@ -45,6 +46,7 @@ def test_instance_added_in_admin_gets_key_and_audit(admin_browser, settings):
     )
 
     instance = Instance.objects.get(name="agent-admin")
+    assert audit_flush()
     assert response.status_code == 302
     assert (settings.CLAWORC_SSH_KEY_DIR / "agent-admin.key").exists()
     assert instance.ssh_key_fingerprint.startswith("SHA256:")
@@ -88,6 +90,7 @@ def test_admin_action_without_worker_reports_manager_not_initialized(admin_brows
 
 
 def test_audit_entries_are_read_only_in_admin(admin_browser, instance):
+    assert audit_flush()
     entry = AuditEntry.objects.first()
 
     change = admin_browser.post(f"/admin/audit/auditentry/{entry.pk}/change/", {"details": "x"})
@@ -97,3 +100,10 @@ def test_audit_entries_are_read_only_in_admin(admin_browser, instance):
     assert change.status_code == 403
     assert delete.status_code == 403
     assert entry.details != "x"
+
+
+def test_instance_page_links_to_browser_proxies(admin_browser, instance):
+    response = admin_browser.get(f"/admin/ssh_control/instance/{instance.pk}/change/")
+
+    assert f'href="/instances/{instance.pk}/gateway/"'.encode() in response.content
+    assert f'href="/instances/{instance.pk}/vnc/"'.encode() in response.content
