@@ -73,6 +73,8 @@ class _Run:
     started: float = field(default_factory=time.monotonic)
     new_key: object = None
     new_connection: object = None
+    # False while this run knows it sent nothing to the agent; a recovery cannot know.
+    agent_touched: bool = True
 
     @property
     def actor(self) -> str:
@@ -166,6 +168,7 @@ def _record_start(instance: Instance, actor: str | None) -> KeyRotation:
 
 def _rotate(run: _Run) -> dict:
     instance = run.instance
+    run.agent_touched = False
     try:
         # 1. The new key's file is on disk before its public half goes anywhere.
         generated = keys.generate_key_pair(instance.name)
@@ -179,6 +182,7 @@ def _rotate(run: _Run) -> dict:
             new_fingerprint=generated.fingerprint,
         )
         connection = run.managed.live_connection()
+        run.agent_touched = True
         authorized_keys_add(connection, instance.authorized_keys_path, generated.public_key)
 
         _advance(run, RotationStep.TEST_KEY)
@@ -355,7 +359,7 @@ def _settle_failure(run: _Run) -> str:
 def _roll_back(run: _Run) -> None:
     """Remove the new key's line and pending file; the database still names the old key."""
     record = run.record
-    if record.new_public_key:
+    if record.new_public_key and run.agent_touched:
         connection = run.managed.live_connection()
         authorized_keys_remove(connection, run.instance.authorized_keys_path, record.new_public_key)
     keys.delete_pending_key(run.instance.name)

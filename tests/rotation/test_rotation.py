@@ -1,6 +1,7 @@
 """Rotation end to end: the API, the tunnel that keeps serving, the keys on the agent."""
 
 import http.client
+import socket
 import stat
 import threading
 
@@ -13,21 +14,21 @@ from audit.models import AuditEntry
 from audit.services import audit_flush
 from ssh_control import keys
 from ssh_control.choices import TunnelStatus
-from ssh_control.models import ConnectionEvent, KeyRotation, Tunnel
+from ssh_control.models import ConnectionEvent, ConnectionStatus, KeyRotation, Tunnel
 from tests.agents import wait_until
 from tests.conftest import client_for
 from tests.rotation.conftest import resume, wait_paused
-from tests.tunnels.conftest import HttpService
+from tests.tunnels.conftest import EchoService, HttpService
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def _active_gateway(instance) -> Tunnel:
+def _active_tunnel(instance, service: str) -> Tunnel:
     def active():
-        row = Tunnel.objects.get(instance=instance, service="gateway")
+        row = Tunnel.objects.get(instance=instance, service=service)
         return row if row.status == TunnelStatus.ACTIVE and row.local_port else None
 
-    return wait_until(active, timeout=20, message="gateway tunnel active")
+    return wait_until(active, timeout=20, message=f"{service} tunnel active")
 
 
 class TrafficLoop:
@@ -66,11 +67,17 @@ class TrafficLoop:
                 conn.close()
 
 
-def test_rotation_with_tunnel_carrying_traffic_loses_no_request(rig, admin_user):
-    service = HttpService()
-    setup = rig("rot-tunnel", fields={"gateway_port": service.port})
+def test_rotation_with_tunnel_carrying_traffic_loses_no_request(rig, admin_user, caplog):
+    service, echo = HttpService(), EchoService()
+    setup = rig("rot-tunnel", fields={"gateway_port": service.port, "vnc_port": echo.port})
     instance = setup.instance
-    tunnel = _active_gateway(instance)
+    tunnel = _active_tunnel(instance, "gateway")
+    # A session open across the rotation: one TCP stream through the vnc tunnel.
+    stream = socket.create_connection(
+        ("127.0.0.1", _active_tunnel(instance, "vnc").local_port), timeout=5
+    )
+    stream.sendall(b"before")
+    assert stream.recv(64) == b"before"
     old_key = keys.load_private_key(instance.name)
     old_fingerprint = instance.ssh_key_fingerprint
     key_file_body = keys.key_path(instance.name).read_bytes()
@@ -80,7 +87,11 @@ def test_rotation_with_tunnel_carrying_traffic_loses_no_request(rig, admin_user)
         response = client_for(admin_user).post(f"/api/v1/instances/{instance.pk}/rotate-ssh-key")
         before = traffic.ok
         wait_until(lambda: traffic.ok >= before + 50, timeout=15, message="traffic after")
+    stream.sendall(b"after")
+    assert stream.recv(64) == b"after"
+    stream.close()
     service.stop()
+    echo.stop()
 
     assert response.status_code == 200, response.content
     body = response.json()
@@ -112,6 +123,7 @@ def test_rotation_with_tunnel_carrying_traffic_loses_no_request(rig, admin_user)
             response.content,
             info.content,
             setup.worker.log().encode(),
+            caplog.text.encode(),
             b"".join(str(row.__dict__).encode() for row in AuditEntry.objects.all()),
             str(KeyRotation.objects.values()).encode(),
             _redis_dump(),
@@ -217,3 +229,24 @@ def test_rotation_pending_key_file_is_0600_under_umask_000(isolated_data_dir):
     # Encrypted at rest: unreadable without the passphrase.
     with pytest.raises(TypeError):
         serialization.load_ssh_private_key(path.read_bytes(), password=None)
+
+
+def test_rotation_without_live_connection_rolls_back_at_once(rig):
+    setup = rig("rot-nolink")
+    old_fingerprint = setup.instance.ssh_key_fingerprint
+    setup.agent.stop()
+    status = ConnectionStatus.objects.filter(instance=setup.instance)
+    wait_until(lambda: status.get().state != "connected", timeout=15, message="connection lost")
+
+    answer = setup.send_rotation().get(timeout=30)
+
+    assert answer["ok"] is False
+    assert answer["error"].startswith(
+        "Key rotation failed: step 2 (append the new public key to authorized_keys): "
+        "No SSH connection for instance"
+    )
+    # Nothing reached the agent, so nothing waits for the reconciler.
+    assert KeyRotation.objects.get(instance=setup.instance).status == "rolled_back"
+    assert not keys.pending_key_path(setup.instance.name).exists()
+    setup.agent.start().wait_ready()
+    assert setup.assert_consistent() == old_fingerprint
