@@ -4,12 +4,14 @@ import time
 from datetime import timedelta
 
 import pytest
+from celery.beat import PersistentScheduler
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from audit.models import AuditEntry
 from audit.services import audit_flush
+from claworc.celery import app as celery_app
 from ssh_control.choices import ConnectionState
 from ssh_control.models import Instance, KeyRotation
 from ssh_control.rotation.schedules import after_start
@@ -81,6 +83,27 @@ def test_policy_schedule_first_run_after_delay_then_daily():
     assert entry["task"] == "ssh_control.rotate_due_keys"
     assert entry["schedule"].first_delay == timedelta(seconds=60)
     assert entry["schedule"].run_every == timedelta(days=1)
+
+
+def test_policy_schedule_survives_beat_store_round_trip(tmp_path):
+    """Beat's shelve store pickles the schedule at each sync; its state must come back."""
+    scheduler = PersistentScheduler(
+        app=celery_app, schedule_filename=str(tmp_path / "beat"), lazy=True
+    )
+    scheduler.setup_schedule()
+    try:
+        before = scheduler.schedule["rotate-due-ssh-keys"].schedule
+        before.first_due_at -= 3600
+        before.has_run = True
+        scheduler.sync()
+
+        after = scheduler.get_schedule()["rotate-due-ssh-keys"].schedule
+    finally:
+        scheduler.close()
+
+    assert after is not before
+    assert (after.first_due_at, after.has_run) == (before.first_due_at, True)
+    assert (after.run_every, after.first_delay) == (timedelta(days=1), timedelta(seconds=60))
 
 
 @pytest.mark.django_db
