@@ -8,6 +8,11 @@ import pytest
 
 from ssh_control import keys, ssh
 from tests.agents import Agent
+from tests.ssh_control.conftest import (  # noqa: F401  (fixtures for the worker tests)
+    clean_attempt_counters,
+    make_agent,
+    start_worker,
+)
 
 
 class EchoService:

@@ -7,12 +7,7 @@ import pytest
 from ssh_control.choices import ConnectionState, TunnelStatus
 from ssh_control.models import Tunnel
 from tests.agents import wait_until
-from tests.ssh_control.conftest import (  # noqa: F401  (fixtures)
-    clean_attempt_counters,
-    make_agent,
-    start_worker,
-    wait_status,
-)
+from tests.ssh_control.conftest import wait_status
 from tests.tunnels.conftest import EchoService
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -35,9 +30,7 @@ def _echo(port: int, payload: bytes) -> bytes:
 
 
 def test_worker_tunnels_come_back_on_the_new_connection_after_sshd_restart(
-    make_instance,
-    make_agent,
-    start_worker,  # noqa: F811
+    make_instance, make_agent, start_worker
 ):
     echo = EchoService()
     instance = make_instance("tun-follow", vnc_port=echo.port)
