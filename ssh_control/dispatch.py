@@ -8,7 +8,7 @@ import logging
 
 from celery.exceptions import TimeoutError as CeleryTimeout
 from django.conf import settings
-from django.utils import timezone
+from django.db.models.functions import Now
 
 from claworc.celery import app
 from ssh_control.exceptions import ClaworcError, SSHManagerUnavailable, WorkerTimeout
@@ -28,9 +28,7 @@ def node_queue(node: str) -> str:
 def owner_node(instance: Instance) -> str | None:
     """The node holding a live lease on the instance, if any."""
     lease = (
-        InstanceLease.objects.filter(instance=instance, expires_at__gt=timezone.now())
-        .only("node")
-        .first()
+        InstanceLease.objects.filter(instance=instance, expires_at__gt=Now()).only("node").first()
     )
     return lease.node if lease else None
 

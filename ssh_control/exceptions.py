@@ -65,6 +65,10 @@ class SSHConnectionError(ClaworcError):
     code = "ssh_error"
 
 
+class SSHUnreachable(SSHConnectionError):
+    """The TCP connection to one of the agent's addresses failed; the next may answer."""
+
+
 class ConnectionRefusedByGate(ClaworcError):
     """Base for the connection gate's refusals."""
 

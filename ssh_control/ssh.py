@@ -32,6 +32,7 @@ from ssh_control.exceptions import (
     RemoteFileError,
     RemotePathNotFound,
     SSHConnectionError,
+    SSHUnreachable,
 )
 
 logger = logging.getLogger(__name__)
@@ -322,10 +323,10 @@ def _open_socket(family: int, sockaddr: tuple, timeout: float) -> socket.socket:
         sock.connect(sockaddr)
     except TimeoutError:
         sock.close()
-        raise SSHConnectionError(f"connect: timed out after {timeout:g}s") from None
+        raise SSHUnreachable(f"connect: timed out after {timeout:g}s") from None
     except OSError as exc:
         sock.close()
-        raise SSHConnectionError(f"connect: {exc.strerror or exc}") from None
+        raise SSHUnreachable(f"connect: {exc.strerror or exc}") from None
     # Small request/reply packets must not wait for Nagle's algorithm.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

@@ -48,6 +48,8 @@ class ManagedConnection:
         self.is_closed = False
         self.check_lock = threading.Lock()
         self._connected_since = 0.0
+        # (ssh_host, ssh_port, ssh_user) of the latest connect attempt.
+        self.endpoint: tuple | None = None
 
     def __repr__(self):
         return f"ManagedConnection(instance={self.instance_id}, state={self.state})"
@@ -107,7 +109,9 @@ class ManagedConnection:
         if not self.manager.owns(self.instance_id):
             raise NoSSHConnection(f"lease on instance {self.instance_id} no longer held")
         try:
-            return gate_open(self.instance(), slots=self.manager.slots)
+            instance = self.instance()
+            self.endpoint = (instance.ssh_host, instance.ssh_port, instance.ssh_user)
+            return gate_open(instance, slots=self.manager.slots)
         except ClaworcError:
             raise
         except Exception as exc:
@@ -254,6 +258,23 @@ class ManagedConnection:
         self._drop(reason)
         if had_connection:
             self._begin_reconnect(generation, reason)
+
+    def endpoint_seen(self, endpoint: tuple) -> None:
+        """The lease round read the instance's (host, port, user): a change reconnects a
+        connected instance at once and gives a failed one a fresh attempt."""
+        if self.endpoint is None or endpoint == self.endpoint:
+            return
+        host, port, user = endpoint
+        # An attempt in flight is judged once it ends; the next attempt of a reconnect
+        # reads the new endpoint anyway.
+        if self.state == ConnectionState.CONNECTED:
+            self.endpoint = endpoint
+            self.manager.submit(
+                self.connection_lost, f"SSH endpoint changed to {user}@{host}:{port}"
+            )
+        elif self.state == ConnectionState.FAILED:
+            self.endpoint = endpoint
+            self.manager.submit(self.retry_failed)
 
     # Health.
 

@@ -16,8 +16,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, transaction
-from django.db.models import Q
-from django.utils import timezone
+from django.db.models import DateTimeField, ExpressionWrapper, Q
+from django.db.models.functions import Now
 
 from ssh_control.choices import ConnectionEventType, ConnectionState
 from ssh_control.exceptions import ClaworcError, SSHManagerUnavailable
@@ -66,6 +66,14 @@ class Scheduler:
                     continue
                 _, _, function, args = heapq.heappop(self._heap)
                 self._submit(function, *args)
+
+
+def _lease_deadline():
+    """The database's now() plus the lease TTL: one clock for every worker."""
+    return ExpressionWrapper(
+        Now() + timedelta(seconds=settings.CLAWORC_SSH_LEASE_TTL_SECONDS),
+        output_field=DateTimeField(),
+    )
 
 
 class ConnectionManager:
@@ -174,23 +182,26 @@ class ConnectionManager:
         return min(settings.CLAWORC_SSH_LEASE_TTL_SECONDS / 3, 1.0)
 
     def lease_round(self) -> None:
-        """Renew our leases, let go of lost ones, and claim free or expired instances."""
-        # TODO(#4): expiry is judged by each worker's clock; workers on several machines
-        # need synchronised clocks until leases are timed by the database's now().
-        # TODO(#4): a changed ssh_host/ssh_port/ssh_user applies at the next reconnect,
-        # not at once; the lease round could notice the change and reconnect.
-        now = timezone.now()
-        until = now + timedelta(seconds=settings.CLAWORC_SSH_LEASE_TTL_SECONDS)
+        """Renew our leases, let go of lost ones, and claim free or expired instances.
+
+        Leases are timed by the database's clock, so workers on several machines agree on
+        when one expires whatever their own clocks say.
+        """
         owned = list(self.connections)
-        InstanceLease.objects.filter(node=self.node, instance_id__in=owned).update(expires_at=until)
-        held = set(
-            InstanceLease.objects.filter(node=self.node, instance_id__in=owned).values_list(
-                "instance_id", flat=True
-            )
+        InstanceLease.objects.filter(node=self.node, instance_id__in=owned).update(
+            expires_at=_lease_deadline()
         )
-        for instance_id in set(owned) - held:
+        rows = InstanceLease.objects.filter(node=self.node, instance_id__in=owned).values_list(
+            "instance_id", "instance__ssh_host", "instance__ssh_port", "instance__ssh_user"
+        )
+        held = {instance_id: tuple(endpoint) for instance_id, *endpoint in rows}
+        for instance_id in set(owned) - set(held):
             self._let_go(instance_id)
-        self._claim(now, until)
+        for instance_id, endpoint in held.items():
+            managed = self.connections.get(instance_id)
+            if managed is not None:
+                managed.endpoint_seen(endpoint)
+        self._claim()
 
     def _let_go(self, instance_id: int) -> None:
         with self._lock:
@@ -199,32 +210,36 @@ class ConnectionManager:
             logger.warning("lease lost instance=%s node=%s", instance_id, self.node)
             managed.close("lease lost to another worker or instance deleted", publish_state=False)
 
-    def _claim(self, now, until) -> None:
+    def _claim(self) -> None:
         capacity = settings.CLAWORC_SSH_MAX_CONNECTIONS - len(self.connections)
         if capacity <= 0:
             return
-        # TODO(#4): claims are greedy; a fair share between workers would spread the load.
+        # First come, first served: a worker takes every free instance it has room for;
+        # CLAWORC_SSH_MAX_CONNECTIONS bounds what one worker holds.
         free = (
-            Instance.objects.filter(Q(lease__isnull=True) | Q(lease__expires_at__lte=now))
+            Instance.objects.filter(Q(lease__isnull=True) | Q(lease__expires_at__lte=Now()))
             .exclude(pk__in=list(self.connections))
             .values_list("pk", "lease__node")[:capacity]
         )
         for instance_id, previous in list(free):
-            if self._take_lease(instance_id, previous, now, until):
+            if self._take_lease(instance_id, previous):
                 self._adopt(instance_id, previous)
 
-    def _take_lease(self, instance_id: int, previous: str | None, now, until) -> bool:
+    def _take_lease(self, instance_id: int, previous: str | None) -> bool:
         if previous is None:
             try:
                 with transaction.atomic():
                     InstanceLease.objects.create(
-                        instance_id=instance_id, node=self.node, acquired_at=now, expires_at=until
+                        instance_id=instance_id,
+                        node=self.node,
+                        acquired_at=Now(),
+                        expires_at=_lease_deadline(),
                     )
             except IntegrityError:
                 return False
             return True
-        taken = InstanceLease.objects.filter(instance_id=instance_id, expires_at__lte=now).update(
-            node=self.node, acquired_at=now, expires_at=until
+        taken = InstanceLease.objects.filter(instance_id=instance_id, expires_at__lte=Now()).update(
+            node=self.node, acquired_at=Now(), expires_at=_lease_deadline()
         )
         return taken == 1
 

@@ -27,6 +27,7 @@ from ssh_control.exceptions import (
     RateLimited,
     SourceIPBlocked,
     SSHConnectionError,
+    SSHUnreachable,
 )
 from ssh_control.manager.counters import attempt_counters
 from ssh_control.manager.publish import audit_failed, event_record
@@ -64,12 +65,20 @@ class Endpoint:
     source_ip: str
 
 
-def endpoint_resolve(instance: Instance) -> Endpoint:
-    """The agent's first address and our source address toward it (no packet sent)."""
-    # TODO(#4): only the first resolved address is tried; a host name with several
-    # addresses should fall back to the next one when the first is unreachable.
-    family, sockaddr = ssh.resolve(instance.ssh_host, instance.ssh_port)[0]
-    return Endpoint(family, sockaddr, ssh.route_source_address(family, sockaddr))
+def endpoints_resolve(instance: Instance) -> list[Endpoint]:
+    """Every address of the agent, in resolver order, each with our source address toward
+    it (no packet sent); an address with no route is left out unless none has one."""
+    endpoints, error = [], None
+    for family, sockaddr in dict.fromkeys(ssh.resolve(instance.ssh_host, instance.ssh_port)):
+        try:
+            source_ip = ssh.route_source_address(family, sockaddr)
+        except SSHConnectionError as exc:
+            error = error or exc
+            continue
+        endpoints.append(Endpoint(family, sockaddr, source_ip))
+    if not endpoints:
+        raise error
+    return endpoints
 
 
 def source_ip_allowed(source_ip: str, allowed: str) -> bool:
@@ -81,6 +90,18 @@ def source_ip_allowed(source_ip: str, allowed: str) -> bool:
     if address.version == 4:
         candidates.append(ipaddress.ip_address(f"::ffff:{address}"))
     return any(candidate in network for candidate in candidates for network in networks)
+
+
+def source_ip_filter(instance: Instance, endpoints: list[Endpoint]) -> list[Endpoint]:
+    """The endpoints our source address may reach; refused (audited) when there are none."""
+    allowed = [
+        endpoint
+        for endpoint in endpoints
+        if source_ip_allowed(endpoint.source_ip, instance.allowed_source_ips)
+    ]
+    if not allowed:
+        source_ip_check(instance, endpoints[0])
+    return allowed
 
 
 def source_ip_check(instance: Instance, endpoint: Endpoint) -> None:
@@ -133,21 +154,22 @@ def gate_open(
     slots.reserve()
     try:
         attempt_check(instance)
-        endpoint = endpoint_resolve(instance)
-        source_ip_check(instance, endpoint)
-        return _connect_counted(instance, endpoint, private_key, password)
+        endpoints = source_ip_filter(instance, endpoints_resolve(instance))
+        return _connect_counted(instance, endpoints, private_key, password)
     except BaseException:
         slots.release()
         raise
 
 
 def _connect_counted(
-    instance: Instance, endpoint: Endpoint, private_key, password
+    instance: Instance, endpoints: list[Endpoint], private_key, password
 ) -> ssh.Connection:
+    """One counted attempt over the agent's addresses: the next address is tried only when
+    the TCP connection to the previous one failed, as OpenSSH's client does."""
     counters = attempt_counters()
     started = time.monotonic()
     try:
-        connection = _connect(instance, endpoint, private_key, password)
+        connection = _connect_first_reachable(instance, endpoints, private_key, password)
     except HostKeyMismatch as exc:
         counters.failure(instance.pk)
         _record_mismatch(instance, exc)
@@ -161,6 +183,22 @@ def _connect_counted(
         raise
     counters.success(instance.pk)
     return connection
+
+
+def _connect_first_reachable(
+    instance: Instance, endpoints: list[Endpoint], private_key, password
+) -> ssh.Connection:
+    for endpoint in endpoints[:-1]:
+        try:
+            return _connect(instance, endpoint, private_key, password)
+        except SSHUnreachable as exc:
+            logger.info(
+                "address unreachable instance=%s address=%s error=%s; trying the next",
+                instance.name,
+                endpoint.sockaddr[0],
+                exc,
+            )
+    return _connect(instance, endpoints[-1], private_key, password)
 
 
 def _connect(instance: Instance, endpoint: Endpoint, private_key, password) -> ssh.Connection:

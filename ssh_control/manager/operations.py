@@ -19,7 +19,7 @@ from ssh_control.exceptions import (
     SSHConnectionError,
 )
 from ssh_control.manager.core import current_manager
-from ssh_control.manager.gate import PING_COMMAND, endpoint_resolve, gate_open, source_ip_check
+from ssh_control.manager.gate import PING_COMMAND, endpoints_resolve, gate_open, source_ip_filter
 from ssh_control.models import Instance
 
 logger = logging.getLogger(__name__)
@@ -73,8 +73,9 @@ def _run_step(name: str, check, instance: Instance, context: dict) -> dict:
 
 
 def _check_endpoint(instance: Instance, context: dict) -> str:
-    endpoint = context["endpoint"] = endpoint_resolve(instance)
-    return f"{instance.ssh_host}:{instance.ssh_port} resolves to {endpoint.sockaddr[0]}"
+    endpoints = context["endpoints"] = endpoints_resolve(instance)
+    addresses = ", ".join(endpoint.sockaddr[0] for endpoint in endpoints)
+    return f"{instance.ssh_host}:{instance.ssh_port} resolves to {addresses}"
 
 
 def _check_key(instance: Instance, context: dict) -> str:
@@ -90,9 +91,8 @@ def _check_key(instance: Instance, context: dict) -> str:
 
 
 def _check_source_ip(instance: Instance, context: dict) -> str:
-    endpoint = context["endpoint"]
-    source_ip_check(instance, endpoint)
-    return f"source IP {endpoint.source_ip} allowed"
+    allowed = source_ip_filter(instance, context["endpoints"])
+    return f"source IP {', '.join(dict.fromkeys(e.source_ip for e in allowed))} allowed"
 
 
 def _check_connection(instance: Instance, context: dict, manager) -> str:

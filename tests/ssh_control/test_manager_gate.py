@@ -1,15 +1,19 @@
 """The connection gate on real SSH workers: rate limit, failure block, IP restriction."""
 
+import socket
 import time
 
 import pytest
 
 from audit.models import AuditEntry
-from ssh_control import services
+from audit.services import audit_flush
+from ssh_control import services, ssh
 from ssh_control.choices import ConnectionEventType, ConnectionState
-from ssh_control.manager.gate import source_ip_allowed
+from ssh_control.exceptions import SSHUnreachable
+from ssh_control.manager.counters import attempt_counters
+from ssh_control.manager.gate import SlotPool, gate_open, source_ip_allowed
 from ssh_control.models import ConnectionEvent
-from tests.agents import CountingListener, wait_until
+from tests.agents import CountingListener, free_port, wait_until
 from tests.conftest import client_for
 from tests.ssh_control.conftest import lease_node, status_of, wait_status
 
@@ -174,3 +178,49 @@ def test_manager_ip_restriction_refuses_reconnect(
     assert response.status_code == 200, response.json()
     assert status_of(instance).state == ConnectionState.CONNECTED
     assert agent.accepted_count() == 2
+
+
+def _resolving_to(monkeypatch, *addresses):
+    """The resolver answers with `addresses` (a fake: no name here resolves to several)."""
+    answer = [(socket.AF_INET, address) for address in addresses]
+    monkeypatch.setattr(ssh, "resolve", lambda host, port: answer)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_manager_gate_with_first_address_unreachable_connects_to_the_next(
+    make_instance, make_agent, monkeypatch
+):
+    instance = make_instance("gate-multi")
+    agent = make_agent(instance)
+    agent.wait_ready()
+    # Nothing listens on 127.0.0.2: the first address refuses the TCP connection.
+    _resolving_to(monkeypatch, ("127.0.0.2", agent.port), ("127.0.0.1", agent.port))
+    slots = SlotPool()
+
+    connection = gate_open(instance, slots=slots)
+    try:
+        assert connection.run("echo ping", timeout=5).stdout == b"ping\n"
+    finally:
+        connection.close()
+    assert agent.accepted_count() == 1
+    assert slots.used == 1
+    # The success reset the consecutive failures: the next failure is the first.
+    assert attempt_counters().failure(instance.pk) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_manager_gate_with_every_address_unreachable_counts_one_failure(make_instance, monkeypatch):
+    instance = make_instance("gate-none")
+    port = free_port()
+    _resolving_to(monkeypatch, ("127.0.0.2", port), ("127.0.0.1", port))
+    slots = SlotPool()
+
+    with pytest.raises(SSHUnreachable, match=r"^connect: "):
+        gate_open(instance, slots=slots)
+
+    assert slots.used == 0
+    assert attempt_counters().failure(instance.pk) == 2  # one failure for both addresses
+    assert audit_flush()
+    failed = AuditEntry.objects.filter(instance_id=instance.pk, event_type="connection_failed")
+    assert failed.count() == 1

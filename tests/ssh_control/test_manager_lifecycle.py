@@ -133,3 +133,35 @@ def test_manager_failed_instance_recovered_by_slow_retry(make_instance, make_age
     connected = _events(instance, ConnectionEventType.CONNECTED)
     assert [event.reason for event in connected] == ["periodic retry succeeded"]
     assert connected[0].from_state == ConnectionState.CONNECTING
+
+
+def test_manager_endpoint_change_reconnects_to_the_new_port(
+    make_instance, make_agent, start_worker
+):
+    instance = make_instance("life-move")
+    old_agent = make_agent(instance, name="agent-old")
+    instance.ssh_port = old_agent.port
+    instance.save()
+    # The same machine's sshd on another port: same host key, so the pin still holds.
+    new_agent = make_agent(instance, name="agent-new")
+    new_agent.stop()
+    for path in (new_agent.host_key_path, new_agent.host_key_path.with_suffix(".pub")):
+        path.write_bytes(old_agent.dir.joinpath(path.name).read_bytes())
+    new_agent.start()
+    worker = start_worker()
+    old_agent.wait_ready()
+    new_agent.wait_ready()
+    worker.wait_ready()
+    wait_status(instance, timeout=15, state=ConnectionState.CONNECTED)
+
+    type(instance).objects.filter(pk=instance.pk).update(ssh_port=new_agent.port)
+
+    moved = f"SSH endpoint changed to root@127.0.0.1:{new_agent.port}"
+    wait_until(
+        lambda: ConnectionEvent.objects.filter(instance=instance, reason=moved).exists(),
+        timeout=10,
+        message="endpoint change noticed",
+    )
+    wait_status(instance, timeout=15, state=ConnectionState.CONNECTED, is_healthy=True)
+    wait_until(lambda: new_agent.accepted_count() == 1, timeout=5, message="new port used")
+    assert old_agent.accepted_count() == 1
