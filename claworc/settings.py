@@ -98,7 +98,11 @@ WSGI_APPLICATION = "claworc.wsgi.application"
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     try:
-        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+        # Health checks: a persistent connection broken while idle (a database restart)
+        # is replaced at its next use instead of failing it.
+        DATABASES = {
+            "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+        }
     except Exception as exc:
         from django.core.exceptions import ImproperlyConfigured
 
@@ -323,8 +327,9 @@ CLAWORC_KEY_ROTATION_FIRST_CHECK_DELAY_SECONDS = env_seconds(
 CLAWORC_KEY_ROTATION_RECONCILE_INTERVAL_SECONDS = env_seconds(
     "CLAWORC_KEY_ROTATION_RECONCILE_INTERVAL_SECONDS", 60
 )
-# How long the replaced connection may keep serving requests in flight and open sessions.
-CLAWORC_KEY_ROTATION_DRAIN_SECONDS = env_seconds("CLAWORC_KEY_ROTATION_DRAIN_SECONDS", 30)
+# How long the replaced connection may keep serving requests in flight and open sessions
+# (terminals, noVNC streams): it closes as soon as its last channel ends, at the latest then.
+CLAWORC_KEY_ROTATION_DRAIN_SECONDS = env_seconds("CLAWORC_KEY_ROTATION_DRAIN_SECONDS", 86400)
 CLAWORC_KEY_ROTATION_COMMAND_TIMEOUT_SECONDS = env_seconds(
     "CLAWORC_KEY_ROTATION_COMMAND_TIMEOUT_SECONDS", 15
 )

@@ -11,6 +11,7 @@ import threading
 import time
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.utils import timezone
 
 from ssh_control import ssh
@@ -27,6 +28,9 @@ from ssh_control.models import Instance
 from ssh_control.tunnels.supervisor import get_supervisor
 
 logger = logging.getLogger(__name__)
+
+# How often a connection replaced by a key rotation is checked for open channels.
+DRAIN_POLL_SECONDS = 1.0
 
 
 def backoff_delay(attempt: int) -> float:
@@ -111,7 +115,9 @@ class ManagedConnection:
         try:
             instance = self.instance()
             self.endpoint = (instance.ssh_host, instance.ssh_port, instance.ssh_user)
-            return gate_open(instance, slots=self.manager.slots)
+            return gate_open(
+                instance, slots=self.manager.slots, holds_lease=self.manager.holds_lease
+            )
         except ClaworcError:
             raise
         except Exception as exc:
@@ -151,22 +157,38 @@ class ManagedConnection:
         )
         return True
 
-    def _drop(self, reason: str, *, actor=None) -> None:
-        """Close the current connection (caller holds no lock) and audit its end."""
+    def _drop(self, reason: str, *, actor=None, expected=None) -> bool:
+        """Close the current connection (caller holds no lock) and audit its end.
+
+        With `expected`, only if that is still the current connection: a check that
+        judged one connection dead must not drop the one that replaced it meanwhile.
+        """
         with self.lock:
-            connection, self.connection = self.connection, None
+            connection = self.connection
+            if connection is None or expected not in (None, connection):
+                return False
+            self.connection = None
             duration = time.monotonic() - self._connected_since
-        if connection is None:
-            return
-        # A tunnel never outlives the connection it runs on.
-        get_supervisor().detach(self.instance_id, reason, connection=connection)
-        connection.close()
-        self.manager.slots.release()
+        try:
+            # A tunnel never outlives the connection it runs on.
+            get_supervisor().detach(self.instance_id, reason, connection=connection)
+        finally:
+            connection.close()
+            self.manager.slots.release()
         try:
             instance = self.instance()
         except Instance.DoesNotExist:
-            return
-        publish.audit_terminated(instance, reason=reason, duration_seconds=duration, actor=actor)
+            return True
+        except DatabaseError:
+            instance = None  # the audit writer keeps the entry until the database is back
+        publish.audit_terminated(
+            instance,
+            instance_id=self.instance_id,
+            reason=reason,
+            duration_seconds=duration,
+            actor=actor,
+        )
+        return True
 
     def close(self, reason: str, *, publish_state: bool) -> None:
         """Stop managing: on shutdown (publishing `disconnected`) or when the lease is lost."""
@@ -191,6 +213,8 @@ class ManagedConnection:
                 return
             self.is_reconnecting = True
             self.retry = 0
+            # Scheduled before the writes, so a failing database cannot stall the healing.
+            self.manager.schedule(max(backoff_delay(1), retry_after), self._retry, generation)
             self._transition(
                 ConnectionState.RECONNECTING,
                 ConnectionEventType.RECONNECTING,
@@ -198,7 +222,6 @@ class ManagedConnection:
                 is_healthy=False,
                 last_error=reason,
             )
-        self.manager.schedule(max(backoff_delay(1), retry_after), self._retry, generation)
 
     def _retry(self, generation: int) -> None:
         with self.lock:
@@ -250,13 +273,12 @@ class ManagedConnection:
                 last_error=reason,
             )
 
-    def connection_lost(self, reason: str) -> None:
-        """The connection is dead: close it, audit, and start reconnecting."""
+    def connection_lost(self, reason: str, connection: ssh.Connection | None = None) -> None:
+        """The connection (`connection`, else whichever is current) is dead: close it,
+        audit, and start reconnecting."""
         with self.lock:
             generation = self.generation
-            had_connection = self.connection is not None
-        self._drop(reason)
-        if had_connection:
+        if self._drop(reason, expected=connection):
             self._begin_reconnect(generation, reason)
 
     def endpoint_seen(self, endpoint: tuple) -> None:
@@ -270,7 +292,9 @@ class ManagedConnection:
         if self.state == ConnectionState.CONNECTED:
             self.endpoint = endpoint
             self.manager.submit(
-                self.connection_lost, f"SSH endpoint changed to {user}@{host}:{port}"
+                self.connection_lost,
+                f"SSH endpoint changed to {user}@{host}:{port}",
+                self.connection,
             )
         elif self.state == ConnectionState.FAILED:
             self.endpoint = endpoint
@@ -328,7 +352,7 @@ class ManagedConnection:
                 to_state=self.state,
                 reason=reason,
             )
-            self.connection_lost(reason)
+            self.connection_lost(reason, connection)
             return False
         publish.checks_passed([self.instance_id])
         return True
@@ -339,6 +363,8 @@ class ManagedConnection:
         """Drop the connection and connect afresh, also from `failed`; raises on failure."""
         who = actor or "system"
         with self.lock:
+            if self.is_closed:
+                raise NoSSHConnection(f"instance {self.instance_id} is no longer managed here")
             self.generation += 1
             generation = self.generation
             self.is_reconnecting = False
@@ -358,7 +384,10 @@ class ManagedConnection:
             retry_after = getattr(exc, "retry_after", 0) or 0
             self._begin_reconnect(generation, f"connect failed: {exc.message}", retry_after)
             raise
-        self._connected(generation, connection, f"manual reconnect by {who}", actor=actor)
+        if not self._connected(generation, connection, f"manual reconnect by {who}", actor=actor):
+            raise NoSSHConnection(
+                f"reconnect of instance {self.instance_id} superseded by a later request"
+            )
 
     def retry_failed(self) -> None:
         """The slow background retry: one attempt for a `failed` instance."""
@@ -405,7 +434,9 @@ class ManagedConnection:
 
     def _close_when_drained(self, old: ssh.Connection, since: float, deadline: float) -> None:
         if old.is_open and ssh.open_channel_count(old) and time.monotonic() < deadline:
-            self.manager.schedule(0.2, self._close_when_drained, old, since, deadline)
+            self.manager.schedule(
+                DRAIN_POLL_SECONDS, self._close_when_drained, old, since, deadline
+            )
             return
         old.close()
         self.manager.slots.release()

@@ -83,6 +83,8 @@ class ConnectionManager:
         self.connections: dict[int, ManagedConnection] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        # When the last lease renewal that reached the database was issued.
+        self._renewed_at = time.monotonic()
         self._pool = ThreadPoolExecutor(
             max_workers=settings.CLAWORC_SSH_MANAGER_THREADS, thread_name_prefix="ssh-pool"
         )
@@ -171,6 +173,14 @@ class ConnectionManager:
         managed = self.connections.get(instance_id)
         return managed is not None and not managed.is_closed
 
+    def holds_lease(self, instance_id: int) -> bool:
+        """Owned here, with leases renewed recently enough that no other worker can have
+        taken the instance over: the connection gate's first check."""
+        return self.owns(instance_id) and not self._leases_stale()
+
+    def _leases_stale(self) -> bool:
+        return time.monotonic() - self._renewed_at >= settings.CLAWORC_SSH_LEASE_TTL_SECONDS
+
     def managed(self, instance_id: int) -> ManagedConnection:
         """The instance's managed connection here; SSHManagerUnavailable if not owned."""
         managed = self.connections.get(instance_id)
@@ -187,10 +197,13 @@ class ConnectionManager:
         Leases are timed by the database's clock, so workers on several machines agree on
         when one expires whatever their own clocks say.
         """
+        self._fence_if_stale()
         owned = list(self.connections)
+        issued = time.monotonic()
         InstanceLease.objects.filter(node=self.node, instance_id__in=owned).update(
             expires_at=_lease_deadline()
         )
+        self._renewed_at = issued
         rows = InstanceLease.objects.filter(node=self.node, instance_id__in=owned).values_list(
             "instance_id", "instance__ssh_host", "instance__ssh_port", "instance__ssh_user"
         )
@@ -202,6 +215,20 @@ class ConnectionManager:
             if managed is not None:
                 managed.endpoint_seen(endpoint)
         self._claim()
+
+    def _fence_if_stale(self) -> None:
+        """Drop every connection once the leases may have expired unrenewed (the database
+        was unreachable): another worker may own those instances by now."""
+        if not self.connections or not self._leases_stale():
+            return
+        logger.error(
+            "leases not renewed for %.1fs; dropping every connection node=%s instances=%s",
+            time.monotonic() - self._renewed_at,
+            self.node,
+            len(self.connections),
+        )
+        for instance_id in list(self.connections):
+            self._safely(self._let_go, instance_id)
 
     def _let_go(self, instance_id: int) -> None:
         with self._lock:

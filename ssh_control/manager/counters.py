@@ -84,6 +84,10 @@ class RedisCounters:
     def success(self, instance_id: int) -> None:
         self._redis.delete(_key("failures", instance_id))
 
+    def unblock(self, instance_id: int) -> None:
+        """Forget the consecutive failures and any block; the rate-limit window stays."""
+        self._redis.delete(_key("failures", instance_id), _key("blocked", instance_id))
+
     def clear(self, instance_id: int) -> None:
         self._redis.delete(
             *(_key(kind, instance_id) for kind in ("attempts", "failures", "blocked"))
@@ -126,6 +130,11 @@ class LocalCounters:
     def success(self, instance_id: int) -> None:
         with self._lock:
             self._failures.pop(instance_id, None)
+
+    def unblock(self, instance_id: int) -> None:
+        with self._lock:
+            self._failures.pop(instance_id, None)
+            self._blocked.pop(instance_id, None)
 
     def clear(self, instance_id: int) -> None:
         with self._lock:

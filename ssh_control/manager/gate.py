@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,6 +25,7 @@ from ssh_control.exceptions import (
     ConnectionBlocked,
     ConnectionLimitReached,
     HostKeyMismatch,
+    NoSSHConnection,
     RateLimited,
     SourceIPBlocked,
     SSHConnectionError,
@@ -143,21 +145,40 @@ def attempt_check(instance: Instance) -> None:
 
 
 def gate_open(
-    instance: Instance, *, slots: SlotPool, private_key=None, password: str | None = None
+    instance: Instance,
+    *,
+    slots: SlotPool,
+    holds_lease: Callable[[int], bool] | None = None,
+    private_key=None,
+    password: str | None = None,
 ) -> ssh.Connection:
     """Open a verified connection; the caller owns one slot until it closes it.
 
-    `private_key` (an Ed25519PrivateKey) replaces the instance's stored key, for a key
-    rotation's test of its new key; `password` logs in with a password instead, for the
-    one-time installation of the instance's key.
+    `holds_lease(instance_id)` is the owning worker's check that its lease on the
+    instance is still live (the one-time key installation, which runs before any worker
+    can log in, has none). `private_key` (an Ed25519PrivateKey) replaces the instance's
+    stored key, for a key rotation's test of its new key; `password` logs in with a
+    password instead, for the one-time installation of the instance's key.
     """
+    if holds_lease is not None and not holds_lease(instance.pk):
+        raise NoSSHConnection(f"lease on instance {instance.name} is not held by this worker")
     slots.reserve()
     try:
         attempt_check(instance)
-        endpoints = source_ip_filter(instance, endpoints_resolve(instance))
+        endpoints = source_ip_filter(instance, _resolve_counted(instance))
         return _connect_counted(instance, endpoints, private_key, password)
     except BaseException:
         slots.release()
+        raise
+
+
+def _resolve_counted(instance: Instance) -> list[Endpoint]:
+    """The agent's addresses; a name that does not resolve is a failed attempt."""
+    started = time.monotonic()
+    try:
+        return endpoints_resolve(instance)
+    except SSHConnectionError as exc:
+        _failure_record(instance, exc, started)
         raise
 
 
@@ -175,14 +196,16 @@ def _connect_counted(
         _record_mismatch(instance, exc)
         raise
     except SSHConnectionError as exc:
-        failures = counters.failure(instance.pk)
-        logger.warning(
-            "connect failed instance=%s failures=%s error=%s", instance.name, failures, exc
-        )
-        audit_failed(instance, error=exc.message, duration_ms=_elapsed_ms(started))
+        _failure_record(instance, exc, started)
         raise
     counters.success(instance.pk)
     return connection
+
+
+def _failure_record(instance: Instance, exc: SSHConnectionError, started: float) -> None:
+    failures = attempt_counters().failure(instance.pk)
+    logger.warning("connect failed instance=%s failures=%s error=%s", instance.name, failures, exc)
+    audit_failed(instance, error=exc.message, duration_ms=_elapsed_ms(started))
 
 
 def _connect_first_reachable(

@@ -6,7 +6,6 @@ Both run inside the owning SSH worker (through `ssh_control.tasks`) and return J
 import logging
 import time
 
-from cryptography.hazmat.primitives import serialization
 from django.conf import settings
 
 from ssh_control import keys
@@ -79,13 +78,13 @@ def _check_endpoint(instance: Instance, context: dict) -> str:
 
 
 def _check_key(instance: Instance, context: dict) -> str:
-    public = keys.load_private_key(instance.name).public_key()
-    line = public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    fingerprint = keys.public_key_fingerprint(line.decode())
+    # The file the database names, which mid-rotation may still be the pending one.
+    private_key = keys.load_private_key(instance.name, fingerprint=instance.ssh_key_fingerprint)
+    fingerprint = keys.private_key_fingerprint(private_key)
     if fingerprint != instance.ssh_key_fingerprint:
         raise SSHConnectionError(
-            f"SSH key fingerprint mismatch: expected {instance.ssh_key_fingerprint}, "
-            f"got {fingerprint}"
+            f"instance key file does not match the database: expected "
+            f"{instance.ssh_key_fingerprint}, got {fingerprint}"
         )
     return f"key file matches {fingerprint}"
 
@@ -96,7 +95,7 @@ def _check_source_ip(instance: Instance, context: dict) -> str:
 
 
 def _check_connection(instance: Instance, context: dict, manager) -> str:
-    connection = gate_open(instance, slots=manager.slots)
+    connection = gate_open(instance, slots=manager.slots, holds_lease=manager.holds_lease)
     try:
         result = connection.run(
             PING_COMMAND, timeout=settings.CLAWORC_SSH_HEALTH_CHECK_TIMEOUT_SECONDS

@@ -77,10 +77,14 @@ def audit_established(instance, *, fingerprint: str, local_address: str, actor=N
     )
 
 
-def audit_terminated(instance, *, reason: str, duration_seconds: float, actor=None) -> None:
+def audit_terminated(
+    instance, *, reason: str, duration_seconds: float, actor=None, instance_id=None
+) -> None:
+    """`instance` may be None when the database is out of reach; `instance_id` then names it."""
     audit_record(
         AuditEventType.CONNECTION_TERMINATED,
         instance=instance,
+        instance_id=instance_id,
         actor=actor,
         details=f"connection closed after {duration_seconds:.1f}s: {reason}",
         duration_ms=int(duration_seconds * 1000),

@@ -220,7 +220,10 @@ def _open_with_new_key(run: _Run):
         )
         if keys.private_key_fingerprint(run.new_key) != run.record.new_fingerprint:
             raise KeyRotationFailed("the new key's file is missing")
-    return gate_open(run.instance, slots=current_manager().slots, private_key=run.new_key)
+    manager = current_manager()
+    return gate_open(
+        run.instance, slots=manager.slots, holds_lease=manager.holds_lease, private_key=run.new_key
+    )
 
 
 def _switch_database(run: _Run) -> None:

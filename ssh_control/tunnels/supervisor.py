@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from django.db.models import F
 from django.utils import timezone
 
@@ -131,7 +131,12 @@ class InstanceTunnels:
     def _check(self, tunnel_id: int, listener: TunnelListener) -> None:
         error = self.probe(listener)
         if error is None:
-            _publish(tunnel_id, status=TunnelStatus.ACTIVE, last_check_at=timezone.now())
+            _publish(
+                tunnel_id,
+                status=TunnelStatus.ACTIVE,
+                local_port=listener.port,
+                last_check_at=timezone.now(),
+            )
             return
         self._close_listener(tunnel_id)
         self._schedule_retry(tunnel_id)
@@ -162,11 +167,17 @@ class InstanceTunnels:
         """Close every listener and publish the tunnels as down with `reason`."""
         self.closed = True
         with self.busy:
-            for tunnel_id in list(self.listeners):
-                self._close_listener(tunnel_id)
-            Tunnel.objects.filter(instance_id=self.instance_id).update(
-                status=TunnelStatus.UNHEALTHY, local_port=None, last_error=reason
-            )
+            for listener in list(self.listeners.values()):
+                listener.close()  # idempotent; first, so no database trouble keeps one open
+            try:
+                for tunnel_id in list(self.listeners):
+                    self._close_listener(tunnel_id)
+                Tunnel.objects.filter(instance_id=self.instance_id).update(
+                    status=TunnelStatus.UNHEALTHY, local_port=None, last_error=reason
+                )
+            except DatabaseError:
+                # The listeners are closed all the same; the rows catch up at the next attach.
+                logger.exception("tunnel state not published instance=%s", self.instance_id)
 
 
 def _publish(tunnel_id: int, **fields) -> None:
@@ -198,9 +209,12 @@ class TunnelSupervisor:
             previous = self._instances.get(instance_id)
             if previous is not None and previous.connection is connection:
                 return
-            self._instances[instance_id] = InstanceTunnels(self, instance_id, connection)
+            self._instances.pop(instance_id, None)
+        # The old set publishes its tunnels as down before the new set publishes any.
         if previous is not None:
             previous.shutdown("SSH connection replaced")
+        with self._lock:
+            self._instances[instance_id] = InstanceTunnels(self, instance_id, connection)
         self._wake.set()
 
     def detach(self, instance_id: int, reason: str, *, connection=None) -> None:

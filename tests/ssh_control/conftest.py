@@ -95,7 +95,6 @@ def start_worker(transactional_db, tmp_path):
         node = node or f"node-{uuid.uuid4().hex[:6]}"
         env = dict(os.environ)
         env.update(WORKER_ENV)
-        env.update({key: str(value) for key, value in overrides.items()})
         env.update(
             DJANGO_SETTINGS_MODULE="claworc.settings",
             DATABASE_URL=f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}"
@@ -107,6 +106,7 @@ def start_worker(transactional_db, tmp_path):
             DJANGO_SECRET_KEY=settings.SECRET_KEY,
             CLAWORC_SSH_NODE=node,
         )
+        env.update({key: str(value) for key, value in overrides.items()})
         worker = Worker(node, env, tmp_path / f"worker-{node}.log")
         workers.append(worker)
         return worker

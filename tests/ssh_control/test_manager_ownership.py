@@ -3,10 +3,12 @@
 import time
 
 import pytest
+from django.db import connection
 
 from ssh_control.choices import ConnectionEventType, ConnectionState
 from ssh_control.models import ConnectionEvent, InstanceLease
 from tests.agents import wait_until
+from tests.audit.tcp_proxy import TcpProxy
 from tests.ssh_control.conftest import lease_node, status_of, wait_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -56,3 +58,33 @@ def test_manager_owner_killed_instances_move_to_second_worker(
     assert [agent.accepted_count() for agent in agents] == [
         2 if instance in moved else 1 for instance in instances
     ]
+
+
+def test_manager_database_unreachable_past_lease_ttl_drops_connections(
+    make_instance, make_agent, start_worker
+):
+    """A worker that cannot renew its leases stops using them: another may own them now."""
+    database = connection.settings_dict
+    proxy = TcpProxy((database["HOST"] or "127.0.0.1", int(database["PORT"] or 5432))).start()
+    instance = make_instance("own-fence")
+    agent = make_agent(instance)
+    instance.ssh_port = agent.port
+    instance.save()
+    worker = start_worker(
+        DATABASE_URL=f"postgres://{database['USER']}@127.0.0.1:{proxy.port}/{database['NAME']}"
+    )
+    agent.wait_ready()
+    worker.wait_ready()
+    wait_status(instance, timeout=15, state=ConnectionState.CONNECTED)
+    assert agent.connection_pids()
+
+    proxy.cut()
+    try:
+        # TTL 3 s: the SSH connection ends although the agent never failed.
+        wait_until(lambda: not agent.connection_pids(), timeout=10, message="connection dropped")
+        assert "leases not renewed" in worker.log()
+    finally:
+        proxy.restore()
+
+    wait_until(lambda: agent.accepted_count() == 2, timeout=20, message="reclaimed")
+    wait_status(instance, timeout=10, state=ConnectionState.CONNECTED, owner_node=worker.node)
