@@ -157,7 +157,7 @@ class _NoTunnels:
     def attach(self, instance_id, connection):
         pass
 
-    def detach(self, instance_id, reason):
+    def detach(self, instance_id, reason, *, connection=None):
         pass
 
 

@@ -1,7 +1,8 @@
 """Tunnel benchmark: keep-alive HTTP requests and one bulk transfer, three ways.
 
-Starts a real OpenSSH sshd agent with a small HTTP service behind it, then measures with
-`wrk` (requests/s, p50/p99 at concurrency 1 and 32) and a 200 MB download:
+Starts a real OpenSSH sshd agent with a small HTTP service behind it (in a process of its
+own, as on an agent), then measures with `wrk` (requests/s, p50/p99 at concurrency 1 and
+32) and a 200 MB download by `curl`:
 directly to the service, through OpenSSH's `ssh -N -L`, and through the project's tunnel
 (`ssh_control.tunnels.forwarder` over `ssh_control.ssh`). Prints the figures and the
 ratios project/OpenSSH.
@@ -18,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -63,22 +63,33 @@ async def _handle(reader, writer, bulk_bytes):
         writer.close()
 
 
-def start_http_service(bulk_bytes: int) -> int:
-    """A keep-alive HTTP service on a thread; answers `ok`, or `bulk_bytes` on /bulk."""
-    port = free_port()
-    ready = threading.Event()
+def serve_http(port: int, bulk_bytes: int) -> None:
+    """Serve keep-alive HTTP on `port` until killed: `ok`, or `bulk_bytes` on /bulk."""
 
     async def main():
         server = await asyncio.start_server(
             lambda r, w: _handle(r, w, bulk_bytes), "127.0.0.1", port, backlog=1024
         )
-        ready.set()
         async with server:
             await server.serve_forever()
 
-    threading.Thread(target=lambda: asyncio.run(main()), daemon=True).start()
-    ready.wait(10)
-    return port
+    asyncio.run(main())
+
+
+def start_http_service(bulk_bytes: int) -> tuple[subprocess.Popen, int]:
+    """The agent's HTTP service in a process of its own, as on a real agent, so it shares
+    no interpreter lock with the tunnel being measured."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port), "--bulk-mb", str(bulk_bytes >> 20)]
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process, port
+        time.sleep(0.05)
+    raise RuntimeError("HTTP service did not come up")
 
 
 def wrk(port: int, connections: int, seconds: float) -> dict:
@@ -99,22 +110,16 @@ def wrk(port: int, connections: int, seconds: float) -> dict:
 
 
 def bulk(port: int, size: int, timeout: float) -> float:
-    """MB/s of one download of `size` bytes; raises if it stalls past `timeout`."""
-    started = time.monotonic()
-    received = 0
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as client:
-        client.sendall(b"GET /bulk HTTP/1.1\r\nHost: bench\r\n\r\n")
-        header = b""
-        while b"\r\n\r\n" not in header:
-            header += client.recv(4096)
-        received = len(header.split(b"\r\n\r\n", 1)[1])
-        buffer = bytearray(1 << 20)
-        while received < size:
-            count = client.recv_into(buffer)
-            if not count:
-                raise RuntimeError(f"transfer ended early at {received} bytes")
-            received += count
-    return size / (time.monotonic() - started) / 1e6
+    """MB/s of one download of `size` bytes by a client in its own process (`curl`)."""
+    output = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "--max-time", f"{timeout:g}",
+         "-w", "%{size_download} %{time_total}", f"http://127.0.0.1:{port}/bulk"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    received, seconds = output.split()
+    if int(received) != size:
+        raise RuntimeError(f"transfer ended early at {received} of {size} bytes")
+    return size / float(seconds) / 1e6
 
 
 def write_client_key(directory: Path) -> tuple[Ed25519PrivateKey, Path, str]:
@@ -176,13 +181,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--bulk-mb", type=int, default=200)
     parser.add_argument("--bulk-runs", type=int, default=1)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk is needed: apt-get install wrk")
+    if args.serve:
+        serve_http(args.serve, args.bulk_mb * (1 << 20))
+        return
+    for tool in ("wrk", "curl"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is needed: apt-get install {tool}")
 
     bulk_bytes = args.bulk_mb * (1 << 20)
     workdir = Path(tempfile.mkdtemp(prefix="claworc-tunnel-bench-"))
-    service_port = start_http_service(bulk_bytes)
+    service, service_port = start_http_service(bulk_bytes)
     key, key_path, public = write_client_key(workdir)
     agent = Agent(workdir, "bench-agent")
     agent.authorize(public)
@@ -202,6 +212,7 @@ def main() -> None:
         listener.close()
         connection.close()
         ssh_process.terminate()
+        service.terminate()
         agent.stop()
 
     print(f"{'path':<9} {'c1 rps':>9} {'c1 p50':>8} {'c1 p99':>8} "

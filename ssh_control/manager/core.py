@@ -192,12 +192,19 @@ class ConnectionManager:
         return min(settings.CLAWORC_SSH_LEASE_TTL_SECONDS / 3, 1.0)
 
     def lease_round(self) -> None:
-        """Renew our leases, let go of lost ones, and claim free or expired instances.
+        """Claim free or expired instances; every third of the TTL also renew our leases
+        and let go of lost ones.
 
         Leases are timed by the database's clock, so workers on several machines agree on
         when one expires whatever their own clocks say.
         """
         self._fence_if_stale()
+        renewal_due = self._renewed_at + settings.CLAWORC_SSH_LEASE_TTL_SECONDS / 3
+        if not self.connections or time.monotonic() >= renewal_due:
+            self._renew()
+        self._claim()
+
+    def _renew(self) -> None:
         owned = list(self.connections)
         issued = time.monotonic()
         InstanceLease.objects.filter(node=self.node, instance_id__in=owned).update(
@@ -214,7 +221,6 @@ class ConnectionManager:
             managed = self.connections.get(instance_id)
             if managed is not None:
                 managed.endpoint_seen(endpoint)
-        self._claim()
 
     def _fence_if_stale(self) -> None:
         """Drop every connection once the leases may have expired unrenewed (the database
