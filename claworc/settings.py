@@ -309,6 +309,9 @@ CLAWORC_TERMINAL_MAX_MESSAGE_BYTES = env_int(
 CLAWORC_TERMINAL_INPUT_BYTES_PER_SECOND = env_int(
     "CLAWORC_TERMINAL_INPUT_BYTES_PER_SECOND", 65_536, minimum=1
 )
+CLAWORC_TERMINAL_MAX_SESSIONS_PER_USER = env_int(
+    "CLAWORC_TERMINAL_MAX_SESSIONS_PER_USER", 5, minimum=1
+)
 # The SSH workers import the remote-operation tasks at start.
 CELERY_IMPORTS = [*globals().get("CELERY_IMPORTS", ()), "ssh_control.remote.tasks"]
 

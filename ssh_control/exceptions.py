@@ -169,3 +169,14 @@ class TerminalSessionBusy(ClaworcError):
     status_code = 409
     code = "terminal_session_busy"
     default_message = "terminal session is attached to another client"
+
+
+class TerminalSessionLimitReached(ClaworcError):
+    status_code = 429
+    code = "terminal_session_limit"
+
+    def __init__(self, limit: int):
+        super().__init__(
+            f"maximum terminal sessions ({limit}) per user and instance reached;"
+            " end one, or resume it with its session_id"
+        )

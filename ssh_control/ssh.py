@@ -11,6 +11,7 @@ import hashlib
 import io
 import ipaddress
 import logging
+import math
 import posixpath
 import re
 import select
@@ -376,12 +377,44 @@ def _authenticate(transport: _Transport, username: str, private_key: Ed25519Priv
 
 # Remote operations (#7): bounded commands, SFTP and interactive shells over a Connection.
 
-# After a command's timeout the agent's `timeout` sends TERM, then KILL this much later.
+# At a command's deadline it is sent TERM, then KILL this much later.
 KILL_GRACE_SECONDS = 2
 # How long after the kill the channel may take to report before it is closed anyway.
 CHANNEL_CLOSE_GRACE_SECONDS = 2
-# `timeout` exits 124 when it stopped the command with TERM, 137 when it had to KILL it.
+# `timeout` exits 124 when it stopped the command with TERM, 137 when it had to KILL it;
+# `BOUNDED_SCRIPT` without it exits 124 in both cases.
 TIMEOUT_EXIT_STATUSES = (124, 137)
+# paramiko's exit status when the agent reported none, as for a process ended by a signal:
+# `timeout` itself dies by the KILL it sends its process group.
+NO_EXIT_STATUS = -1
+
+# Run as `sh -c BOUNDED_SCRIPT claworc-bounded SECONDS GRACE COMMAND WHOLE_SECONDS`.
+# The agent's own `timeout` is used when a probe shows it takes the coreutils syntax (an
+# old busybox one does not). Otherwise a `sleep` marks the deadline and a subshell runs the
+# command, then stops that sleep. If the sleep runs out first, the script sends TERM to its
+# process group, leaves a fresh shell to send KILL after the grace, and exits 124 as
+# `timeout` does. sshd makes each session's process the leader of a new session, so `$$`
+# names a group holding the command and everything it started.
+# - Signals only go to processes that have no trap, so none is lost while a shell forks.
+# - The subshell's own notices ("Killed") go to /dev/null; `timeout` prints none either.
+# - The KILL comes from a fresh shell, so no process left behind shows the command's text.
+# - A `sleep` that takes no fractions waits WHOLE_SECONDS.
+BOUNDED_SCRIPT = """\
+if timeout -k 1 1 true 2>/dev/null; then exec timeout -k "$2" "$1" sh -c "$3"; fi
+seconds=$1
+sleep 0.0 2>/dev/null || seconds=$4
+sleep "$seconds" </dev/null >/dev/null 2>&1 & nap=$!
+{ (sh -c "$3" 2>&3 3>&-); status=$?; kill "$nap" 2>/dev/null; exit "$status"; } 3>&2 2>/dev/null &
+child=$!
+if wait "$nap" 2>/dev/null; then
+  trap '' TERM
+  kill -TERM "-$$" 2>/dev/null || kill -TERM "$child"
+  sh -c 'sleep "$1"; kill -KILL "-$2" 2>/dev/null || kill -KILL "$3"' claworc-bounded-kill \\
+    "$2" $$ "$child" </dev/null >/dev/null 2>&1 &
+  exit 124
+fi
+wait "$child"
+"""
 
 
 @dataclass(frozen=True)
@@ -408,14 +441,13 @@ def run_bounded(
 ) -> BoundedResult:
     """Run `command` through `sh -c` with its output capped and its run time bounded.
 
-    The agent's `timeout` runs the command in a process group of its own and kills the
-    whole group at the deadline, so a timed-out command leaves nothing running; the
-    channel is closed in any case shortly after. Output past `output_limit` bytes per
-    stream is read and dropped, so the command never stalls on a full window.
+    At the deadline the command's whole process group is killed, by the agent's `timeout`
+    or, on an agent without one, by `BOUNDED_SCRIPT` itself, so a timed-out command leaves
+    nothing running; the channel is closed in any case shortly after. Output past
+    `output_limit` bytes per stream is read and dropped, so the command never stalls on a
+    full window.
     """
-    # TODO(#7): an agent without `timeout` (coreutils or busybox) answers exit 127; such a
-    # command is then only cut off by closing the channel, which may leave it running.
-    wrapped = f"exec timeout -k {KILL_GRACE_SECONDS:g} {timeout:g} sh -c {shlex.quote(command)}"
+    wrapped = _bounded_command(command, timeout)
     started = time.monotonic()
     deadline = started + timeout + KILL_GRACE_SECONDS + CHANNEL_CLOSE_GRACE_SECONDS
     try:
@@ -432,10 +464,18 @@ def run_bounded(
 
     elapsed = time.monotonic() - started
     status = channel.exit_status if done else None
-    timed_out = status is None or (status in TIMEOUT_EXIT_STATUSES and elapsed >= timeout)
+    killed = status in TIMEOUT_EXIT_STATUSES or status == NO_EXIT_STATUS
+    timed_out = status is None or (killed and elapsed >= timeout)
     return BoundedResult(
         None if timed_out else status, stdout, stderr, elapsed * 1000, truncated, timed_out
     )
+
+
+def _bounded_command(command: str, timeout: float) -> str:
+    """The exec request that runs `command` under `BOUNDED_SCRIPT`, every argument quoted."""
+    arguments = (f"{timeout:g}", f"{KILL_GRACE_SECONDS:g}", command, str(math.ceil(timeout)))
+    quoted = " ".join(shlex.quote(argument) for argument in arguments)
+    return f"exec sh -c {shlex.quote(BOUNDED_SCRIPT)} claworc-bounded {quoted}"
 
 
 def _read_capped(channel, deadline: float, limit: int) -> tuple[bytes, bytes, bool]:

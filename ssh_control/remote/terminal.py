@@ -2,8 +2,9 @@
 
 A session keeps its shell, a bounded scrollback and its recording while no client is
 attached, so a reloaded tab can resume it; one client is attached at a time. A session
-detached for longer than CLAWORC_TERMINAL_IDLE_TIMEOUT_SECONDS is closed. Start and end
-are audited here, with the actor who opened the session.
+detached for longer than CLAWORC_TERMINAL_IDLE_TIMEOUT_SECONDS is closed, and a user keeps
+at most CLAWORC_TERMINAL_MAX_SESSIONS_PER_USER open per instance. Start and end are audited
+here, with the actor who opened the session.
 """
 
 import codecs
@@ -15,6 +16,9 @@ import select
 import socket
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
@@ -26,6 +30,7 @@ from ssh_control import ssh
 from ssh_control.exceptions import (
     ClaworcError,
     TerminalSessionBusy,
+    TerminalSessionLimitReached,
     TerminalSessionNotFound,
 )
 from ssh_control.remote.connections import live_connection
@@ -48,6 +53,8 @@ PUMP_WAKE_SECONDS = 1.0
 EXIT_STATUS_WAIT_SECONDS = 2.0
 
 _sessions: dict[str, "TerminalSession"] = {}
+# Sessions being started, per (instance id, username): they hold a place under the cap.
+_starting: Counter = Counter()
 _sessions_lock = threading.Lock()
 
 
@@ -66,22 +73,50 @@ def terminal_open(
     source_ip: str | None = None,
     request_id: str | None = None,
 ) -> dict:
-    """Start a session (or find `session_id` to resume) and offer an endpoint to attach."""
-    # TODO(#7): sessions per user and instance are not capped; an operator can open many.
+    """Start a session (or find `session_id` to resume) and offer an endpoint to attach.
+
+    A user may keep CLAWORC_TERMINAL_MAX_SESSIONS_PER_USER sessions open on an instance;
+    resuming one does not count as another.
+    """
     if session_id:
         session = _session_find(session_id, instance_id=instance_id, username=username)
     else:
         actor = context.ActorContext(username=username, source_ip=source_ip, request_id=request_id)
-        session = TerminalSession.start(
-            live_connection(instance_id),
-            instance_id=instance_id,
-            instance_name=instance_name,
-            cols=cols,
-            rows=rows,
-            actor=actor,
-        )
+        with _session_slot(instance_id, username):
+            session = TerminalSession.start(
+                live_connection(instance_id),
+                instance_id=instance_id,
+                instance_name=instance_name,
+                cols=cols,
+                rows=rows,
+                actor=actor,
+            )
     endpoint = endpoint_open(session.attach, name=f"terminal-{session.id[:8]}")
     return {"session_id": session.id, "resumed": bool(session_id), "endpoint": endpoint}
+
+
+@contextmanager
+def _session_slot(instance_id: int, username: str) -> Iterator[None]:
+    """Hold a place under the user's session cap on the instance while a session starts."""
+    key = (instance_id, username)
+    limit = settings.CLAWORC_TERMINAL_MAX_SESSIONS_PER_USER
+    with _sessions_lock:
+        open_count = _starting[key] + sum(
+            1 for session in _sessions.values() if (session.instance_id, session.username) == key
+        )
+        if open_count >= limit:
+            logger.warning(
+                "terminal refused reason=session_limit instance=%s limit=%s", instance_id, limit
+            )
+            raise TerminalSessionLimitReached(limit)
+        _starting[key] += 1
+    try:
+        yield
+    finally:
+        with _sessions_lock:
+            _starting[key] -= 1
+            if not _starting[key]:
+                del _starting[key]
 
 
 def _session_find(session_id: str, *, instance_id: int, username: str) -> "TerminalSession":

@@ -33,8 +33,8 @@ def agent_for(tmp_path):
     """Start (and wait for) an SFTP-serving agent that authorizes an instance's key."""
     agents = []
 
-    def make(instance) -> SftpAgent:
-        agent = SftpAgent(tmp_path / "agents", f"agent-{len(agents)}")
+    def make(instance, **options) -> SftpAgent:
+        agent = SftpAgent(tmp_path / "agents", f"agent-{len(agents)}", **options)
         agent.authorize(instance.ssh_public_key)
         agents.append(agent.start())
         agent.wait_ready()
@@ -59,19 +59,24 @@ def remote_instance(make_instance, viewer, operator):
     )
 
 
+def connect_directly(instance) -> ssh.Connection:
+    """A connection to the instance's agent opened here, without a worker."""
+    family, sockaddr = ssh.resolve("127.0.0.1", instance.ssh_port)[0]
+    return ssh.connect(
+        family=family,
+        sockaddr=sockaddr,
+        username="root",
+        private_key=keys.load_private_key(instance.name),
+        pinned=None,
+        timeout=10,
+    )
+
+
 @pytest.fixture
 def connection(remote_instance, agent_for):
     """A connection opened directly to the instance's agent (no worker)."""
     agent_for(remote_instance)
-    family, sockaddr = ssh.resolve("127.0.0.1", remote_instance.ssh_port)[0]
-    opened = ssh.connect(
-        family=family,
-        sockaddr=sockaddr,
-        username="root",
-        private_key=keys.load_private_key(remote_instance.name),
-        pinned=None,
-        timeout=10,
-    )
+    opened = connect_directly(remote_instance)
     yield opened
     opened.close()
 

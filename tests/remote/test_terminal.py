@@ -127,28 +127,15 @@ def test_terminal_session_types_resizes_detaches_resumes_and_records(terminal_in
         await rival.disconnect()
 
         await first.disconnect()
-        resumed = await _resume(session_id)
+        resumed, info = await _resume(terminal_instance, headers, session_id)
+        assert info == {"type": "session_info", "session_id": session_id, "resumed": True}
+        scrollback = await _read_until(resumed, b"40 120")
+        assert b"marker-42" in scrollback
         await resumed.send_to(bytes_data=b"exit\n")
         end = await _until_text(resumed)
         assert end == {"type": "session_end", "reason": "shell exited"}
         await resumed.disconnect()
         return session_id
-
-    async def _resume(session_id):
-        # The detach reaches the worker asynchronously; retry while it still says busy.
-        deadline = time.monotonic() + RECEIVE_TIMEOUT_SECONDS
-        while True:
-            resumed = _communicator(terminal_instance, headers, f"?session_id={session_id}")
-            assert (await resumed.connect(RECEIVE_TIMEOUT_SECONDS))[0]
-            info = await _json(resumed)
-            if info["type"] == "session_info":
-                break
-            assert info["code"] == "terminal_session_busy" and time.monotonic() < deadline
-            await resumed.disconnect()
-        assert info == {"type": "session_info", "session_id": session_id, "resumed": True}
-        scrollback = await _read_until(resumed, b"40 120")
-        assert b"marker-42" in scrollback
-        return resumed
 
     session_id = async_to_sync(scenario)()
 
@@ -208,6 +195,77 @@ def test_terminal_input_limits_then_idle_timeout_closes_detached_session(
     assert end.data["reason"] == "idle timeout"
     assert end.duration_ms >= IDLE_TIMEOUT_SECONDS * 1000
     assert async_to_sync(resume)(session_id)["code"] == "terminal_session_not_found"
+
+
+async def _resume(instance, headers, session_id: str):
+    """Attach to a detached session: (communicator, its first message)."""
+    # The detach reaches the worker asynchronously; retry while it still says busy.
+    deadline = time.monotonic() + RECEIVE_TIMEOUT_SECONDS
+    while True:
+        resumed = _communicator(instance, headers, f"?session_id={session_id}")
+        assert (await resumed.connect(RECEIVE_TIMEOUT_SECONDS))[0]
+        info = await _json(resumed)
+        if info["type"] == "session_info":
+            return resumed, info
+        assert info["code"] == "terminal_session_busy" and time.monotonic() < deadline
+        await resumed.disconnect()
+
+
+async def _opened(instance, headers):
+    """A new session's (communicator, session id)."""
+    communicator = _communicator(instance, headers)
+    assert (await communicator.connect(RECEIVE_TIMEOUT_SECONDS))[0]
+    info = await _json(communicator)
+    assert info["type"] == "session_info", info
+    return communicator, info["session_id"]
+
+
+def test_terminal_sessions_past_cap_refused_until_one_ends(
+    remote_instance, agent_for, start_worker, operator, admin_user
+):
+    agent_for(remote_instance)
+    start_worker(CLAWORC_TERMINAL_MAX_SESSIONS_PER_USER=2).wait_ready()
+    wait_status(remote_instance, timeout=20, state=ConnectionState.CONNECTED, is_healthy=True)
+    headers, admin_headers = _headers(operator), _headers(admin_user)
+
+    async def scenario():
+        first, first_id = await _opened(remote_instance, headers)
+        second, _ = await _opened(remote_instance, headers)
+
+        # A third is refused the way other refusals are reported, naming the limit.
+        refused = _communicator(remote_instance, headers)
+        assert (await refused.connect(RECEIVE_TIMEOUT_SECONDS))[0]
+        error = await _json(refused)
+        closed = await refused.receive_output(RECEIVE_TIMEOUT_SECONDS)
+        await refused.disconnect()
+
+        # Another user's sessions count apart; resuming a detached session is no new one.
+        other, _ = await _opened(remote_instance, admin_headers)
+        await first.disconnect()
+        resumed, info = await _resume(remote_instance, headers, first_id)
+
+        # A session that ended no longer counts.
+        await second.send_to(bytes_data=b"exit\n")
+        assert (await _until_text(second))["type"] == "session_end"
+        await second.disconnect()
+        third, _ = await _opened(remote_instance, headers)
+
+        for communicator in (other, resumed, third):
+            await communicator.disconnect()
+        return error, closed, info
+
+    error, closed, resumed_info = async_to_sync(scenario)()
+
+    assert error == {
+        "type": "error",
+        "error": "maximum terminal sessions (2) per user and instance reached;"
+        " end one, or resume it with its session_id",
+        "code": "terminal_session_limit",
+    }
+    assert closed == {"type": "websocket.close", "code": 4429}
+    assert resumed_info["resumed"] is True
+    starts = audit_entries(remote_instance, "terminal_session_start", count=4)
+    assert sorted(entry.username for entry in starts) == ["admin", *["operator"] * 3]
 
 
 async def _until_close(communicator) -> int:
