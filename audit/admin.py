@@ -1,11 +1,16 @@
+"""The audit log in the admin, read-only with CSV export, and the audited admin login."""
+
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import StreamingHttpResponse
 from django.urls import path
 from django.utils import timezone
 
+from audit.choices import AuditEventType
 from audit.export import audit_csv_lines
 from audit.models import AuditEntry
+from audit.services import audit_record
 from claworc.admin_mixins import ReadOnlyAdminMixin
 
 EXPORT_CHUNK_ROWS = 2000
@@ -54,3 +59,27 @@ def _csv_response(queryset) -> StreamingHttpResponse:
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
     response["Content-Disposition"] = f'attachment; filename="ssh-audit-{stamp}.csv"'
     return response
+
+
+class AuditedAdminAuthenticationForm(AdminAuthenticationForm):
+    """The admin's login form; each attempt is audited as the API's login is.
+
+    Installed as the admin site's `login_form` in `claworc.urls`. The form is checked
+    only when both fields are filled in, so an empty submission is not an attempt.
+    """
+
+    def clean(self):
+        try:
+            cleaned_data = super().clean()
+        except ValidationError:
+            audit_record(
+                AuditEventType.LOGIN_FAILED,
+                actor=self.cleaned_data.get("username", ""),
+                details="admin login refused",
+            )
+            raise
+        if self.user_cache is not None:
+            audit_record(
+                AuditEventType.LOGIN, actor=self.user_cache, details="logged in through the admin"
+            )
+        return cleaned_data

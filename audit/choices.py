@@ -22,4 +22,6 @@ class AuditEventType(models.TextChoices):
     INSTANCE_DELETED = "instance_deleted", "Instance deleted"
     ALLOWED_IPS_CHANGED = "allowed_ips_changed", "Allowed IPs changed"
     HOST_KEY_ACCEPTED = "host_key_accepted", "Host key accepted"
+    TUNNEL_CREATED = "tunnel_created", "Tunnel created"
+    TUNNEL_DELETED = "tunnel_deleted", "Tunnel deleted"
     AUDIT_PURGED = "audit_purged", "Audit log purged"

@@ -1,12 +1,15 @@
 """Who is acting and from where, for the request or task being handled.
 
-The middleware fills it for API and admin requests; background work leaves it empty, so
-its entries carry no source IP and the `system` username.
+The middleware fills it for API and admin requests, and a task sent on a request's behalf
+carries it to the worker (`task_context` and `bound_from_task`); background work leaves
+it empty, so its entries carry no source IP and the `system` username.
 """
 
 import contextvars
+import functools
 import ipaddress
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -33,6 +36,51 @@ def activate(context: ActorContext) -> contextvars.Token:
 
 def deactivate(token: contextvars.Token) -> None:
     _current.reset(token)
+
+
+# The keyword argument that carries the sender's context to a task.
+TASK_KWARG = "audit_context"
+
+
+def task_context() -> dict | None:
+    """The bound context as a task argument (JSON), or None when nothing is bound."""
+    bound = current()
+    if bound == ActorContext():
+        return None
+    return {
+        "username": bound.username,
+        "source_ip": bound.source_ip,
+        "request_id": str(bound.request_id) if bound.request_id else None,
+    }
+
+
+def bound_from_task(function: Callable) -> Callable:
+    """Run the task with the context its sender passed as `audit_context`, if any.
+
+    A task sent without one (by beat or by background work) runs with an empty context,
+    whatever the thread running it had bound.
+    """
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        token = activate(_from_task_context(kwargs.pop(TASK_KWARG, None)))
+        try:
+            return function(*args, **kwargs)
+        finally:
+            deactivate(token)
+
+    return run
+
+
+def _from_task_context(payload: dict | None) -> ActorContext:
+    if not payload:
+        return ActorContext()
+    request_id = payload.get("request_id")
+    return ActorContext(
+        username=payload.get("username") or "",
+        source_ip=payload.get("source_ip"),
+        request_id=uuid.UUID(request_id) if request_id else None,
+    )
 
 
 def _parse_ip(value: str | None):

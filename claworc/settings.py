@@ -213,7 +213,12 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("CLAWORC_LOG_LEVEL", "INFO")},
-    "loggers": {"paramiko": {"level": "WARNING"}},
+    "loggers": {
+        "paramiko": {"level": "WARNING"},
+        # At INFO Celery logs each task's return value (command output, data-channel
+        # tokens, terminal session ids); failures are logged at ERROR and still show.
+        "celery.app.trace": {"level": "WARNING"},
+    },
 }
 
 # SSH connection life cycle (runbook section 7, "Connection Tuning").

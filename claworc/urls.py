@@ -3,7 +3,11 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from audit.admin import AuditedAdminAuthenticationForm
 from claworc import auth_api
+
+# Admin logins are audited like the API's (`/api/v1/auth/login`).
+admin.site.login_form = AuditedAdminAuthenticationForm
 
 api_patterns = [
     path("auth/login", auth_api.LoginView.as_view(), name="auth-login"),

@@ -190,6 +190,24 @@ class InstanceAdmin(admin.ModelAdmin):
                 stored, path=form.cleaned_data["authorized_keys_path"], actor=request.user
             )
 
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not InstanceGrant:
+            super().save_formset(request, form, formset, change)
+            return
+
+        # The admin's change history reads what the formset would save; nothing is written.
+        formset.save(commit=False)
+        if not formset.has_changed():
+            return
+        # The service replaces the grants and audits the change, as for the API.
+        grants = [
+            {"user": grant.cleaned_data["user"], "level": grant.cleaned_data["level"]}
+            for grant in formset.forms
+            if grant.cleaned_data and grant not in formset.deleted_forms
+        ]
+        stored = Instance.objects.get(pk=formset.instance.pk)
+        services.instance_update(stored, actor=request.user, grants=grants)
+
     def delete_model(self, request, obj):
         services.instance_delete(obj, actor=request.user)
 

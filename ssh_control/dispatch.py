@@ -1,7 +1,9 @@
 """Hands SSH work to the worker node that owns the instance, and waits for its answer.
 
 The owner is whoever holds a live lease (`InstanceLease`); its tasks run on the queue
-`ssh.<node>`. With no live owner the caller gets `SSH manager not initialized`.
+`ssh.<node>`. With no live owner the caller gets `SSH manager not initialized`. The
+caller's audit context (user, source IP, request id) travels with the task, so entries
+the worker writes name the same actor as the request's own.
 """
 
 import logging
@@ -10,6 +12,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from django.conf import settings
 from django.db.models.functions import Now
 
+from audit import context
 from claworc.celery import app
 from ssh_control.exceptions import ClaworcError, SSHManagerUnavailable, WorkerTimeout
 from ssh_control.models import Instance, InstanceLease
@@ -43,6 +46,9 @@ def run_on_owner(instance: Instance, task_name: str, *, timeout: float | None = 
         raise SSHManagerUnavailable()
 
     timeout = timeout or settings.CLAWORC_SSH_REQUEST_TIMEOUT_SECONDS
+    audit_context = context.task_context()
+    if audit_context is not None:
+        kwargs[context.TASK_KWARG] = audit_context
     result = app.send_task(
         task_name,
         kwargs={"instance_id": instance.pk, **kwargs},

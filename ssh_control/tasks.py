@@ -1,11 +1,13 @@
 """SSH worker tasks: thin shims that run on the instance's owner and answer in JSON.
 
 A domain error comes back as `{"ok": false, "error", "code", "status", "retry_after"}`
-and `ssh_control.dispatch` re-raises it in the web process.
+and `ssh_control.dispatch` re-raises it in the web process. Each task runs with the audit
+context its sender passed (`audit.context.bound_from_task`); beat's tasks have none.
 """
 
 from celery import shared_task
 
+from audit.context import bound_from_task
 from ssh_control.exceptions import ClaworcError
 from ssh_control.manager import operations
 
@@ -21,6 +23,7 @@ def error_payload(exc: ClaworcError) -> dict:
 
 
 @shared_task(name="ssh_control.test_connection", time_limit=120, soft_time_limit=100)
+@bound_from_task
 def test_connection(instance_id: int) -> dict:
     try:
         return operations.connection_test(instance_id)
@@ -29,6 +32,7 @@ def test_connection(instance_id: int) -> dict:
 
 
 @shared_task(name="ssh_control.reconnect", time_limit=120, soft_time_limit=100)
+@bound_from_task
 def reconnect(instance_id: int, actor: str | None = None) -> dict:
     try:
         return operations.connection_reconnect(instance_id, actor=actor)
@@ -41,6 +45,7 @@ def reconnect(instance_id: int, actor: str | None = None) -> dict:
 
 
 @shared_task(name="ssh_control.rotate_key", time_limit=300, soft_time_limit=270)
+@bound_from_task
 def rotate_key(instance_id: int, actor: str | None = None, only_if_due: bool = False) -> dict:
     from ssh_control.rotation import engine
 
@@ -51,6 +56,7 @@ def rotate_key(instance_id: int, actor: str | None = None, only_if_due: bool = F
 
 
 @shared_task(name="ssh_control.recover_key_rotation", time_limit=300, soft_time_limit=270)
+@bound_from_task
 def recover_key_rotation(instance_id: int) -> dict:
     from ssh_control.rotation import engine
 

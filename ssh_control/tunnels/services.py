@@ -6,6 +6,8 @@ import logging
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from audit.choices import AuditEventType
+from audit.services import audit_record
 from ssh_control.choices import TunnelService, TunnelStatus
 from ssh_control.exceptions import TunnelNotFound
 from ssh_control.models import Instance, Tunnel
@@ -59,7 +61,13 @@ def tunnel_create_custom(instance: Instance, *, name: str, remote_port: int, act
             )
     except IntegrityError:
         raise ValidationError({"name": f"a custom tunnel named {name!r} already exists"}) from None
-    # TODO(#3): audit tunnel changes once the audit app has event types for them.
+    audit_record(
+        AuditEventType.TUNNEL_CREATED,
+        instance=instance,
+        actor=actor,
+        details=f"custom tunnel {name} to remote port {remote_port} created",
+        data={"tunnel_id": tunnel.pk, "name": name, "remote_port": remote_port},
+    )
     logger.info("tunnel added instance=%s name=%s remote_port=%s actor=%s",
                 instance.name, name, remote_port, actor)  # fmt: skip
     return tunnel
@@ -75,6 +83,13 @@ def tunnel_delete(instance: Instance, tunnel_id: int, *, actor) -> None:
             {"service": f"the {tunnel.service} tunnel is standard; change the instance's port"}
         )
     tunnel.delete()
+    audit_record(
+        AuditEventType.TUNNEL_DELETED,
+        instance=instance,
+        actor=actor,
+        details=f"custom tunnel {tunnel.name} to remote port {tunnel.remote_port} deleted",
+        data={"tunnel_id": tunnel_id, "name": tunnel.name, "remote_port": tunnel.remote_port},
+    )
     logger.info("tunnel removed instance=%s name=%s actor=%s", instance.name, tunnel.name, actor)
 
 

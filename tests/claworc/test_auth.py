@@ -79,6 +79,59 @@ def test_login_is_audited_with_client_ip(admin_user):
     assert entries["login_failed"].source_ip == "192.0.2.8"
 
 
+def test_api_login_is_audited_once_per_attempt(admin_user):
+    login(Client(), "admin")
+    login(Client(), "admin", "wrong")
+    assert audit_flush()
+
+    events = sorted(AuditEntry.objects.values_list("event_type", flat=True))
+    assert events == ["login", "login_failed"]
+
+
+def admin_login(client: Client, username: str, password: str = PASSWORD):
+    return client.post("/admin/login/?next=/admin/", {"username": username, "password": password})
+
+
+def test_admin_login_is_audited_with_user_ip_and_request_id(admin_user):
+    response = admin_login(Client(REMOTE_ADDR="192.0.2.9"), "admin")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/admin/"
+    assert audit_flush()
+    [entry] = AuditEntry.objects.all()
+    assert (entry.event_type, entry.username, entry.source_ip) == ("login", "admin", "192.0.2.9")
+    assert entry.details == "logged in through the admin"
+    assert entry.request_id is not None
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [("admin", "wrong"), ("nobody", "wrong"), ("viewer", PASSWORD)],
+    ids=["wrong-password", "unknown-user", "not-staff"],
+)
+def test_admin_login_refused_is_audited_with_the_name_tried(admin_user, viewer, username, password):
+    response = admin_login(Client(REMOTE_ADDR="192.0.2.10"), username, password)
+
+    assert response.status_code == 200
+    assert "_auth_user_id" not in response.client.session
+    assert audit_flush()
+    [entry] = AuditEntry.objects.all()
+    assert (entry.event_type, entry.username, entry.source_ip) == (
+        "login_failed",
+        username,
+        "192.0.2.10",
+    )
+    assert entry.details == "admin login refused"
+
+
+def test_admin_login_form_without_password_is_not_an_attempt(admin_user):
+    response = admin_login(Client(), "admin", "")
+
+    assert response.status_code == 200
+    assert audit_flush()
+    assert not AuditEntry.objects.exists()
+
+
 def test_me_with_session_cookie_returns_user(session_token):
     response = curl("get", "/api/v1/auth/me", session_token)
 

@@ -112,7 +112,9 @@ def test_rotation_with_tunnel_carrying_traffic_loses_no_request(rig, admin_user,
 
     assert audit_flush()
     entry = AuditEntry.objects.get(instance_id=instance.pk, event_type="key_rotation")
-    assert entry.username == admin_user.username
+    # Written on the worker, with the API request's client address and request id.
+    assert (entry.username, entry.source_ip) == (admin_user.username, "127.0.0.1")
+    assert entry.request_id is not None
     assert entry.data["old_fingerprint"] == old_fingerprint
     assert entry.data["new_fingerprint"] == new_fingerprint
     assert entry.duration_ms is not None

@@ -2,6 +2,9 @@
 
 import pytest
 
+from audit.choices import AuditEventType
+from audit.models import AuditEntry
+from audit.services import audit_flush
 from ssh_control.models import Tunnel
 
 
@@ -20,6 +23,41 @@ def test_custom_tunnel_is_listed_after_creation(admin_client, instance):
     assert ("custom", "metrics", 9100) in {
         (row["service"], row["name"], row["remote_port"]) for row in listed
     }
+
+
+def test_custom_tunnel_create_and_delete_are_audited(admin_client, instance):
+    created = admin_client.post(
+        tunnels_url(instance), {"name": "metrics", "remote_port": 9100}, format="json"
+    )
+    tunnel_id = created.json()["id"]
+    deleted = admin_client.delete(f"{tunnels_url(instance)}/{tunnel_id}")
+
+    assert (created.status_code, deleted.status_code) == (201, 204)
+    assert audit_flush()
+    entries = AuditEntry.objects.filter(
+        event_type__in=[AuditEventType.TUNNEL_CREATED, AuditEventType.TUNNEL_DELETED]
+    ).order_by("id")
+    assert [
+        (entry.event_type, entry.instance_id, entry.username, entry.source_ip) for entry in entries
+    ] == [
+        (AuditEventType.TUNNEL_CREATED, instance.pk, "admin", "127.0.0.1"),
+        (AuditEventType.TUNNEL_DELETED, instance.pk, "admin", "127.0.0.1"),
+    ]
+    for entry in entries:
+        assert entry.data == {"tunnel_id": tunnel_id, "name": "metrics", "remote_port": 9100}
+        assert "metrics" in entry.details and "9100" in entry.details
+    # Two API calls, two request ids.
+    assert entries[0].request_id != entries[1].request_id
+
+
+def test_refused_tunnel_changes_are_not_audited(admin_client, instance):
+    vnc = Tunnel.objects.get(instance=instance, service="vnc")
+
+    admin_client.post(tunnels_url(instance), {"name": "m", "remote_port": 0}, format="json")
+    admin_client.delete(f"{tunnels_url(instance)}/{vnc.pk}")
+
+    assert audit_flush()
+    assert not AuditEntry.objects.filter(event_type__startswith="tunnel_").exists()
 
 
 @pytest.mark.parametrize(
