@@ -5,12 +5,14 @@ The API views and the admin call these; the owning worker does the SSH work
 Every operation that reached the worker is audited, failures included, without contents.
 """
 
+import functools
 import logging
 import socket
 import time
 
 from django.conf import settings
 
+from audit import context
 from audit.choices import AuditEventType
 from audit.services import audit_record
 from ssh_control import dispatch
@@ -131,29 +133,52 @@ def path_rename(instance: Instance, *, source: str, target: str, actor) -> dict:
 
 
 def file_download(instance: Instance, *, path: str, actor) -> tuple[int, object]:
-    """The file's size and an async iterator of its bytes, streamed from the worker."""
+    """The file's size and an async iterator of its bytes, streamed from the worker.
+
+    The download is audited when the stream ends, with the bytes that were sent: a
+    refused open at once, a transfer cut short as failed.
+    """
     path = remote_path_validate(path)
-    answer = _file_operation(instance, actor, "download", path, tasks.OPEN_DOWNLOAD, path=path)
-    return answer["size"], _download_stream(answer["endpoint"], answer["size"], path)
-
-
-async def _download_stream(endpoint: dict, size: int, path: str):
-    timeout = settings.CLAWORC_FILE_TIMEOUT_SECONDS
-    reader, writer = await endpoint_connect_async(endpoint, timeout=timeout)
-    received = 0
+    started = time.monotonic()
     try:
-        while received < size:
-            chunk = await reader.read(min(CHUNK_BYTES, size - received))
-            if not chunk:
-                break
-            received += len(chunk)
-            yield chunk
+        answer = dispatch.run_on_owner(instance, tasks.OPEN_DOWNLOAD, path=path)
+    except ClaworcError as exc:
+        _audit_file(instance, actor, "download", path, started, error=exc.message)
+        raise
+    audit = functools.partial(_audit_file, instance, actor, "download", path, started)
+    stream = _download_stream(answer["endpoint"], answer["size"], path, audit, context.current())
+    return answer["size"], stream
+
+
+async def _download_stream(endpoint: dict, size: int, path: str, audit, bound):
+    timeout = settings.CLAWORC_FILE_TIMEOUT_SECONDS
+    received, error = 0, ""
+    try:
+        reader, writer = await endpoint_connect_async(endpoint, timeout=timeout)
+        try:
+            while received < size:
+                chunk = await reader.read(min(CHUNK_BYTES, size - received))
+                if not chunk:
+                    break
+                received += len(chunk)
+                yield chunk
+        finally:
+            writer.close()
+    except (OSError, ClaworcError) as exc:
+        error = getattr(exc, "message", None) or str(exc)
+        raise
     finally:
-        writer.close()
-    if received < size:
-        logger.warning(
-            "download cut short path_length=%s received=%s size=%s", len(path), received, size
-        )
+        if received < size:
+            error = error or f"cut short after {received} of {size} bytes"
+            logger.warning(
+                "download cut short path_length=%s received=%s size=%s", len(path), received, size
+            )
+        # Streaming outlives the request's middleware: its audit context is restored here.
+        token = context.activate(bound)
+        try:
+            audit(size=received if error else size, error=error)
+        finally:
+            context.deactivate(token)
 
 
 def file_upload(instance: Instance, *, path: str, stream, size: int, actor) -> dict:

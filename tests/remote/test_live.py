@@ -9,6 +9,7 @@ import requests
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import PASSWORD
+from tests.remote.conftest import audit_entries
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -38,6 +39,33 @@ def test_live_upload_and_streamed_download_byte_exact(live_web, owned_instance, 
     assert got.status_code == 200
     assert got.headers["Content-Length"] == str(len(data))
     assert b"".join(chunks) == data
+    # Audited once the stream ended, with the requester's context and the bytes sent.
+    upload, download = audit_entries(instance, "file_operation", count=2)
+    assert download.data["operation"] == "download"
+    assert (download.data["size"], download.data["error"]) == (len(data), "")
+    assert (download.username, download.source_ip) == ("operator", "127.0.0.1")
+    assert download.request_id is not None and download.request_id != upload.request_id
+
+
+def test_live_download_abandoned_mid_stream_audited_as_cut_short(
+    live_web, owned_instance, tmp_path
+):
+    instance, _ = owned_instance
+    session = _login(live_web, "operator")
+    target = tmp_path / "big.bin"
+    target.write_bytes(os.urandom(20 * 1024 * 1024))
+    url = f"{live_web}/api/v1/instances/{instance.pk}/files/content"
+
+    with session.get(url, params={"path": str(target)}, stream=True, timeout=30) as got:
+        first = next(got.iter_content(chunk_size=65536))
+        got.raw._fp.fp.raw._sock.close()  # the client goes away after one chunk
+
+    [entry] = audit_entries(instance, "file_operation")
+    assert first
+    assert entry.data["operation"] == "download"
+    assert entry.data["error"].startswith("cut short after ")
+    assert entry.data["size"] < target.stat().st_size
+    assert entry.username == "operator"
 
 
 def test_live_terminal_websocket_runs_command(live_web, owned_instance):
