@@ -5,6 +5,8 @@ Each class carries the HTTP status and the stable code that the API's exception 
 errors themselves. Messages follow the runbook's wording.
 """
 
+import re
+
 
 class ClaworcError(Exception):
     """Base class: an error whose message is safe to show an operator."""
@@ -51,11 +53,41 @@ class NoSSHKey(ClaworcError):
     default_message = "Instance has no SSH key configured"
 
 
+# The directories of an absolute path, so that only its last component remains.
+_ABSOLUTE_DIRECTORIES = re.compile(r"(?<!\S)/(?:[^/\s]+/)*")
+
+
 class KeyStorageError(ClaworcError):
-    """The key directory or a key file cannot be used (never carries key material)."""
+    """The key directory or a key file cannot be used (never carries key material).
+
+    `str()` keeps the whole detail for the log; `message`, which reaches API bodies,
+    events and audit rows, names the file without the directories it is in.
+    """
 
     status_code = 500
     code = "key_storage_error"
+
+    @property
+    def message(self) -> str:
+        return _ABSOLUTE_DIRECTORIES.sub("", str(self))
+
+
+class KeyFileExists(KeyStorageError):
+    """A key file for a new instance's name is already on disk; it is never overwritten."""
+
+    status_code = 409
+    code = "key_file_exists"
+
+    def __init__(self, name: str, file_names: list[str]):
+        files = " and ".join(file_names)
+        exists = "exists" if len(file_names) == 1 else "exist"
+        super().__init__(
+            f"cannot create instance {name}: key file {files} already {exists} in the key"
+            " directory (ssh-keys in CLAWORC_DATA_DIR), left by an earlier instance of that"
+            " name. Key files are never overwritten: move it out of the key directory (or"
+            " delete it if no agent trusts that key) and create the instance again, or choose"
+            " another name."
+        )
 
 
 class SSHConnectionError(ClaworcError):

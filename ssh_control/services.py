@@ -7,13 +7,15 @@ only once the outcome is known, so the API and the admin behave the same.
 import logging
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.choices import AuditEventType
 from audit.services import audit_record
 from ssh_control import keys
 from ssh_control.choices import GrantLevel, HostKeyPinSource
+from ssh_control.exceptions import KeyFileExists, KeyStorageError
+from ssh_control.manager.counters import attempt_counters
 from ssh_control.models import ConnectionStatus, HostKeyPin, Instance, InstanceGrant
 from ssh_control.tunnels.services import tunnels_ensure_standard
 from ssh_control.validators import parse_allowed_ips
@@ -36,9 +38,10 @@ def instance_create(name: str, *, actor, grants: list | None = None, **fields) -
         name=name, **{field: value for field, value in fields.items() if field in INSTANCE_FIELDS}
     )
     instance.full_clean(exclude=("ssh_public_key", "ssh_key_fingerprint"))
+    _refuse_leftover_key_files(name)
 
     key = keys.generate_key_pair(name)
-    keys.write_private_key(name, key)
+    _write_new_key(name, key)
     try:
         with transaction.atomic():
             instance.ssh_public_key = key.public_key
@@ -48,6 +51,12 @@ def instance_create(name: str, *, actor, grants: list | None = None, **fields) -
             ConnectionStatus.objects.create(instance=instance)
             tunnels_ensure_standard(instance)
             _replace_grants(instance, grants or [])
+    except IntegrityError:
+        # A concurrent request saved the same name between validation and this insert.
+        keys.delete_private_key(name)
+        if Instance.objects.filter(name=name).exists():
+            raise _name_taken(name) from None
+        raise
     except BaseException:
         keys.delete_private_key(name)
         raise
@@ -149,6 +158,8 @@ def host_key_accept(instance: Instance, *, fingerprint: str, actor) -> HostKeyPi
         pin.offered_key_type = pin.offered_public_key = pin.offered_fingerprint = ""
         pin.offered_at = None
         pin.save()
+    # The refusals of the key now accepted no longer count toward a block.
+    attempt_counters().unblock(instance.pk)
 
     audit_record(
         AuditEventType.HOST_KEY_ACCEPTED,
@@ -159,6 +170,38 @@ def host_key_accept(instance: Instance, *, fingerprint: str, actor) -> HostKeyPi
     )
     logger.info("host key accepted instance=%s fingerprint=%s", instance.name, fingerprint)
     return pin
+
+
+def _refuse_leftover_key_files(name: str) -> None:
+    """A new name must start without key files: an existing one is reported, never reused."""
+    leftovers = [
+        path.name for path in (keys.key_path(name), keys.pending_key_path(name)) if path.exists()
+    ]
+    if leftovers:
+        logger.warning("instance create refused name=%s leftover_key_files=%s", name, leftovers)
+        raise KeyFileExists(name, leftovers)
+
+
+def _write_new_key(name: str, key: keys.GeneratedKey) -> None:
+    try:
+        keys.write_private_key(name, key)
+    except KeyStorageError as exc:
+        try:
+            on_disk = keys.key_path(name).read_bytes()
+        except OSError:
+            on_disk = None
+        if on_disk == key.encrypted_private_key:
+            # This key reached its name before a later step failed: remove it again.
+            keys.delete_private_key(name)
+        elif on_disk is not None:
+            # Written since the check above: another request is creating the same name.
+            raise _name_taken(name) from None
+        logger.error("instance create failed name=%s key_storage_error=%s", name, exc)
+        raise
+
+
+def _name_taken(name: str) -> ValidationError:
+    return ValidationError({"name": f"an instance named {name!r} already exists"})
 
 
 def _replace_grants(instance: Instance, grants: list) -> None:

@@ -1,6 +1,9 @@
+from collections.abc import Mapping
+
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
+from rest_framework.fields import empty
 
 from ssh_control.choices import GrantLevel
 from ssh_control.models import INSTANCE_NAME_PATTERN, Instance
@@ -152,6 +155,23 @@ class FingerprintSerializer(serializers.Serializer):
     host_key_pinned_at = serializers.DateTimeField(allow_null=True)
     authorized_keys_path = serializers.CharField()
     last_rotation = serializers.DictField(allow_null=True)
+
+
+HOST_KEY_FINGERPRINT_HELP = "expected a key fingerprint: SHA256: and 43 base64 characters"
+
+
+class HostKeyAcceptSerializer(serializers.Serializer):
+    """Body of `POST .../ssh-host-key/accept`: the fingerprint of the host key to trust."""
+
+    fingerprint = serializers.RegexField(
+        r"^SHA256:[A-Za-z0-9+/]{43}$", error_messages={"invalid": HOST_KEY_FINGERPRINT_HELP}
+    )
+
+    def run_validation(self, data=empty):
+        # A JSON array, string or null body would otherwise be reported without the field.
+        if data is not empty and not isinstance(data, Mapping):
+            raise serializers.ValidationError({"fingerprint": [HOST_KEY_FINGERPRINT_HELP]})
+        return super().run_validation(data)
 
 
 class KeyInstallSerializer(serializers.Serializer):

@@ -8,7 +8,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -142,14 +141,14 @@ class InstanceViewSet(viewsets.ModelViewSet):
             )
         )
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=serializers.HostKeyAcceptSerializer, responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["post"], url_path="ssh-host-key/accept")
     def ssh_host_key_accept(self, request, pk=None):
         """Trust the key the agent presented; then ask the owner to reconnect with it."""
-        fingerprint = request.data.get("fingerprint")
-        if not isinstance(fingerprint, str) or not fingerprint.startswith("SHA256:"):
-            raise ValidationError({"fingerprint": "expected a fingerprint like SHA256:..."})
         instance = self.get_object()
+        body = serializers.HostKeyAcceptSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        fingerprint = body.validated_data["fingerprint"]
         pin = services.host_key_accept(instance, fingerprint=fingerprint, actor=request.user)
         try:
             reconnect = dispatch.run_on_owner(

@@ -1,7 +1,9 @@
 """Settings come from the environment with the runbook's defaults; bad values stop start-up."""
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,9 @@ from django.core.exceptions import ImproperlyConfigured
 from claworc import env
 
 ROOT = Path(__file__).resolve().parents[2]
+# What claworc/settings.py calls to read a variable: the readers in `claworc.env`, its
+# secret helper, and plain `os.environ`.
+ENV_READERS = {"_persistent_secret", "os.environ.get", "os.getenv", "os.environ.__getitem__"}
 RUNBOOK_DEFAULTS = {
     "CLAWORC_SSH_KEEPALIVE_INTERVAL_SECONDS": 30,
     "CLAWORC_SSH_HEALTH_CHECK_TIMEOUT_SECONDS": 5,
@@ -130,3 +135,39 @@ def test_trusted_proxies_parse_ips_and_cidrs(monkeypatch):
         "192.168.0.0/16",
         "::1/128",
     ]
+
+
+def environment_names_read(source: str) -> set[str]:
+    """Every variable name the settings module passes, as a literal, to an env reader."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Subscript):
+            reader, argument = f"{ast.unparse(node.value)}.__getitem__", node.slice
+        elif isinstance(node, ast.Call) and node.args:
+            reader, argument = ast.unparse(node.func), node.args[0]
+        else:
+            continue
+        is_reader = reader in ENV_READERS or re.fullmatch(r"env_[a-z]+", reader)
+        if is_reader and isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+            names.add(argument.value)
+    return names
+
+
+def test_environment_names_read_finds_each_kind_of_reader():
+    source = (
+        'A = env_int("X_COUNT", 1)\nB = os.environ.get("X_GET", "")\n'
+        'C = os.environ["X_ITEM"]\nD = _persistent_secret("X_SECRET", "f")\nE = f("X_NOT")\n'
+        'F = env_str("X_HOSTS", "a,b").split(",")\n'
+    )
+
+    assert environment_names_read(source) == {"X_COUNT", "X_GET", "X_ITEM", "X_SECRET", "X_HOSTS"}
+
+
+def test_every_environment_setting_has_a_readme_configuration_row():
+    names = environment_names_read((ROOT / "claworc" / "settings.py").read_text())
+    readme = (ROOT / "README.md").read_text()
+    configuration = readme[readme.index("## Configuration") :]
+
+    undocumented = sorted(name for name in names if f"| `{name}` |" not in configuration)
+    assert set(RUNBOOK_DEFAULTS) <= names
+    assert undocumented == [], "add a row to README.md's configuration table for each"

@@ -1,15 +1,27 @@
 """Every API route against every kind of caller: anonymous, no grant, view, operate, admin."""
 
+from urllib.parse import urlsplit
+
 import pytest
+from django.urls import URLResolver, get_resolver, resolve
 
 from ssh_control.tunnels.services import tunnel_create_custom
 from tests.conftest import client_for
 
-# Expected status per caller for each route. `ok` is the route's success status; the
-# SSH routes answer 503 while no SSH worker owns the instance, which proves the request
-# got past the access rules to the dispatch.
+ACCEPT_BODY = {"fingerprint": "SHA256:" + "A" * 43}
+RENAME_BODY = {"from": "/tmp/a", "to": "/tmp/b"}
+
+# Expected status per caller for each route. `ok` is what a caller allowed in gets: the
+# route's success status, 503 from the routes handed to the SSH worker (none runs here),
+# or 400 for the empty or refused bodies checked after the access rules; each proves the
+# request got past the access rules. Every route and method under /api/v1/ must appear here.
 ROUTES = [
     # (method, path, body, level, ok)
+    ("post", "/api/v1/auth/login", {}, "public", 400),
+    ("post", "/api/v1/auth/logout", None, "user", 204),
+    ("get", "/api/v1/auth/me", None, "user", 200),
+    ("get", "/api/v1/schema/", None, "user", 200),
+    ("get", "/api/v1/docs/", None, "user", 200),
     ("get", "/api/v1/ssh-status", None, "user", 200),
     ("get", "/api/v1/ssh-metrics", None, "user", 200),
     ("get", "/api/v1/instances", None, "user", 200),
@@ -20,7 +32,16 @@ ROUTES = [
     ("get", "/api/v1/instances/{id}/tunnels", None, "view", 200),
     ("post", "/api/v1/instances/{id}/ssh-test", None, "operate", 503),
     ("post", "/api/v1/instances/{id}/ssh-reconnect", None, "operate", 503),
+    ("post", "/api/v1/instances/{id}/exec", {"command": "true"}, "operate", 503),
+    ("get", "/api/v1/instances/{id}/files?path=/tmp", None, "operate", 503),
+    ("delete", "/api/v1/instances/{id}/files?path=/tmp/x", None, "operate", 503),
+    ("get", "/api/v1/instances/{id}/files/content?path=/tmp/x", None, "operate", 503),
+    ("put", "/api/v1/instances/{id}/files/content?path=/tmp/x", None, "operate", 400),
+    ("post", "/api/v1/instances/{id}/files/mkdir", {"path": "/tmp/d"}, "operate", 503),
+    ("post", "/api/v1/instances/{id}/files/rename", RENAME_BODY, "operate", 503),
     ("post", "/api/v1/instances/{id}/rotate-ssh-key", None, "admin", 503),
+    ("post", "/api/v1/instances/{id}/install-ssh-key", {}, "admin", 400),
+    ("post", "/api/v1/instances/{id}/ssh-host-key/accept", ACCEPT_BODY, "admin", 400),
     ("get", "/api/v1/instances/{id}/ssh-allowed-ips", None, "admin", 200),
     ("put", "/api/v1/instances/{id}/ssh-allowed-ips", {"allowed_ips": "10.0.0.5"}, "admin", 200),
     ("get", "/api/v1/ssh-audit-logs", None, "admin", 200),
@@ -38,6 +59,8 @@ CALLERS = {"stranger": 0, "viewer": 1, "operator": 2, "admin_user": 3}
 
 
 def expected_status(caller: str, level: str, ok: int) -> int:
+    if level == "public":
+        return ok
     if caller == "anonymous":
         return 401
     if CALLERS[caller] >= RANK[level]:
@@ -49,6 +72,13 @@ def expected_status(caller: str, level: str, ok: int) -> int:
     if caller == "stranger":
         return 404
     return 403
+
+
+def error_text(response) -> str:
+    """The error a refusal carries: the JSON `error`, or the body of an HTML page."""
+    if response["Content-Type"].startswith("application/json"):
+        return response.json()["error"]
+    return response.content.decode()
 
 
 @pytest.mark.parametrize("caller", ["anonymous", *CALLERS])
@@ -68,7 +98,51 @@ def test_route_access_by_caller_matches_rules(
 
     assert response.status_code == expected_status(caller, level, ok), response.content
     if response.status_code >= 400:
-        assert response.json()["error"]
+        assert error_text(response)
+
+
+def api_routes() -> list[tuple[str, object, str]]:
+    """(route, view, method) for every method of every URL pattern under /api/v1/."""
+    found = []
+
+    def walk(patterns, prefix: str) -> None:
+        for pattern in patterns:
+            route = prefix + str(pattern.pattern)
+            if isinstance(pattern, URLResolver):
+                walk(pattern.url_patterns, route)
+            elif route.startswith("api/v1/"):
+                found.extend((route, pattern.callback, m) for m in view_methods(pattern.callback))
+
+    walk(get_resolver().url_patterns, "")
+    return found
+
+
+def view_methods(view) -> set[str]:
+    # A viewset route maps methods to actions; a plain view answers what it defines.
+    if getattr(view, "actions", None) is not None:
+        methods = set(view.actions)
+    else:
+        view_class = view.view_class
+        methods = {name for name in view_class.http_method_names if hasattr(view_class, name)}
+    return methods - {"head", "options"}
+
+
+def test_route_access_matrix_covers_every_api_route():
+    routes = api_routes()
+    served = {(view, method) for _, view, method in routes}
+    covered = {
+        (resolve(urlsplit(path.format(id=1, tunnel_id=1)).path).func, method)
+        for method, path, *_ in ROUTES
+    }
+
+    missing = sorted(
+        f"{method.upper()} /{route}"
+        for route, view, method in routes
+        if (view, method) not in covered
+    )
+    assert missing == [], "routes missing from ROUTES in this module"
+    assert covered <= served, "ROUTES names a method its route does not serve"
+    assert len(covered) == len(ROUTES)
 
 
 def test_instance_list_for_user_shows_only_granted_instances(

@@ -2,7 +2,8 @@
 
 import pytest
 
-from ssh_control.models import Instance
+from ssh_control import keys
+from ssh_control.models import HostKeyPin, Instance
 
 BIG = "9" * 30
 
@@ -78,6 +79,88 @@ def test_instance_create_with_bad_field_leaves_no_key_file(admin_client, setting
     admin_client.post("/api/v1/instances", {"name": "agent-9", "ssh_host": "bad host!"})
 
     assert not (settings.CLAWORC_SSH_KEY_DIR / "agent-9.key").exists()
+
+
+@pytest.fixture
+def competing_create(monkeypatch):
+    """Forces the race of two creations of one name: the other request's work lands just
+    after this one passed validation, while its key pair is generated."""
+
+    def arrange(competitor):
+        generate = keys.generate_key_pair
+
+        def generate_then_compete(name):
+            key = generate(name)
+            competitor(name)
+            return key
+
+        monkeypatch.setattr(keys, "generate_key_pair", generate_then_compete)
+
+    return arrange
+
+
+def test_instance_create_racing_duplicate_row_gives_400_and_no_key_file(
+    admin_client, settings, competing_create
+):
+    competing_create(lambda name: Instance.objects.create(name=name, ssh_host="10.0.0.2"))
+
+    response = admin_client.post(
+        "/api/v1/instances", {"name": "agent-race", "ssh_host": "10.0.0.1"}, format="json"
+    )
+
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "name: an instance named 'agent-race' already exists"
+    assert list(response.json()["fields"]) == ["name"]
+    assert Instance.objects.get(name="agent-race").ssh_host == "10.0.0.2"
+    assert not (settings.CLAWORC_SSH_KEY_DIR / "agent-race.key").exists()
+
+
+def test_instance_create_racing_duplicate_key_file_gives_400_and_keeps_that_file(
+    admin_client, settings, competing_create
+):
+    other_key = keys.generate_key_pair("agent-race")
+    competing_create(lambda name: keys.write_private_key(name, other_key))
+
+    response = admin_client.post(
+        "/api/v1/instances", {"name": "agent-race", "ssh_host": "10.0.0.1"}, format="json"
+    )
+
+    stored = (settings.CLAWORC_SSH_KEY_DIR / "agent-race.key").read_bytes()
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "name: an instance named 'agent-race' already exists"
+    assert not Instance.objects.filter(name="agent-race").exists()
+    assert stored == other_key.encrypted_private_key
+
+
+FINGERPRINT = "SHA256:" + "A" * 43
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        f'["{FINGERPRINT}"]',
+        f'"{FINGERPRINT}"',
+        "42",
+        "null",
+        "{}",
+        '{"fingerprint": null}',
+        '{"fingerprint": 5}',
+        f'{{"fingerprint": ["{FINGERPRINT}"]}}',
+        '{"fingerprint": "MD5:16:27:ac:a5:76:28:2d:36:63:1b:56:4d:eb:df:a6:48"}',
+        '{"fingerprint": "SHA256:short"}',
+    ],
+)
+def test_host_key_accept_with_bad_body_gives_400_naming_fingerprint(admin_client, instance, body):
+    response = admin_client.post(
+        f"/api/v1/instances/{instance.pk}/ssh-host-key/accept",
+        body,
+        content_type="application/json",
+    )
+
+    assert response.status_code == 400, response.content
+    assert response.json()["error"].startswith("fingerprint: ")
+    assert list(response.json()["fields"]) == ["fingerprint"]
+    assert not HostKeyPin.objects.filter(instance=instance).exists()
 
 
 def test_instance_rename_is_refused(admin_client, instance):

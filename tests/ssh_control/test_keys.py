@@ -8,6 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from ssh_control import keys
+from ssh_control.models import Instance
 
 
 def file_mode(path) -> int:
@@ -95,6 +96,80 @@ def test_existing_key_file_is_never_overwritten(make_instance, settings):
         make_instance("agent-stale")
 
     assert stale.read_bytes() == b"operator's file"
+
+
+@pytest.mark.parametrize("leftover", ["agent-stale.key", "agent-stale.key.next"])
+def test_instance_create_with_leftover_key_file_gives_409_and_keeps_file(
+    admin_client, settings, leftover
+):
+    settings.CLAWORC_SSH_KEY_DIR.mkdir(mode=0o700)
+    stale = settings.CLAWORC_SSH_KEY_DIR / leftover
+    stale.write_bytes(b"operator's file")
+
+    response = admin_client.post(
+        "/api/v1/instances", {"name": "agent-stale", "ssh_host": "10.0.0.9"}, format="json"
+    )
+
+    body = response.json()
+    assert response.status_code == 409, body
+    assert body["code"] == "key_file_exists"
+    assert f"key file {leftover} already exists" in body["error"]
+    assert "move it out of the key directory" in body["error"]
+    assert str(settings.DATA_DIR) not in body["error"]
+    assert stale.read_bytes() == b"operator's file"
+    assert sorted(os.listdir(settings.CLAWORC_SSH_KEY_DIR)) == [leftover]
+    assert not Instance.objects.filter(name="agent-stale").exists()
+
+
+def test_instance_create_with_unusable_key_dir_gives_500_without_paths(admin_client, settings):
+    settings.CLAWORC_SSH_KEY_DIR.write_text("not a directory")
+
+    response = admin_client.post(
+        "/api/v1/instances", {"name": "agent-disk", "ssh_host": "10.0.0.9"}, format="json"
+    )
+
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "key directory ssh-keys is not usable: File exists",
+        "code": "key_storage_error",
+    }
+    assert not Instance.objects.filter(name="agent-disk").exists()
+
+
+def test_instance_create_with_failing_disk_sync_gives_500_and_leaves_no_key_file(
+    admin_client, settings, monkeypatch
+):
+    # A fake: a failing fsync of the key directory cannot be caused on demand. It fails
+    # once, after the key file got its name.
+    real_fsync = keys._fsync_directory
+    calls = []
+
+    def fsync_failing_once(directory):
+        calls.append(directory)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        real_fsync(directory)
+
+    monkeypatch.setattr(keys, "_fsync_directory", fsync_failing_once)
+
+    response = admin_client.post(
+        "/api/v1/instances", {"name": "agent-eio", "ssh_host": "10.0.0.9"}, format="json"
+    )
+
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "cannot write key file agent-eio.key: Input/output error",
+        "code": "key_storage_error",
+    }
+    assert os.listdir(settings.CLAWORC_SSH_KEY_DIR) == []
+    assert not Instance.objects.filter(name="agent-eio").exists()
+
+
+def test_key_storage_error_keeps_paths_in_str_and_drops_them_from_message():
+    error = keys.KeyStorageError("cannot write key file /app/data/ssh-keys/a.key: No space")
+
+    assert str(error) == "cannot write key file /app/data/ssh-keys/a.key: No space"
+    assert error.message == "cannot write key file a.key: No space"
 
 
 def test_instance_api_shows_public_key_and_never_private_material(admin_client, settings):

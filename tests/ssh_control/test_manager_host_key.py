@@ -54,7 +54,20 @@ def test_manager_host_key_swap_refused_until_admin_accepts(
     assert status_of(instance).state == ConnectionState.FAILED
     assert agent.accepted_count() == 1
 
-    # Only an admin may accept, and only the key the agent presented.
+    # Every manual reconnect is refused with 409 until the refusals block the instance.
+    mismatch = f"SSH key fingerprint mismatch: expected {original}, got {swapped}"
+    statuses = []
+    for _ in range(6):
+        response = client_for(admin_user).post(f"/api/v1/instances/{instance.pk}/ssh-reconnect")
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            assert response.json()["error"].startswith(f"connection blocked for {instance.name}")
+            break
+        assert response.status_code == 409 and response.json()["error"] == mismatch
+    assert statuses[-1] == 429 and 409 in statuses, statuses
+
+    # Only an admin may accept, and only the key the agent presented; accepting lifts the
+    # block those refusals set, so the reconnect that follows goes through.
     response = client_for(operator).post(
         _accept_url(instance), {"fingerprint": swapped}, format="json"
     )
