@@ -5,7 +5,6 @@ The API views and the admin call these; the owning worker does the SSH work
 Every operation that reached the worker is audited, failures included, without contents.
 """
 
-import functools
 import logging
 import socket
 import time
@@ -145,12 +144,22 @@ def file_download(instance: Instance, *, path: str, actor) -> tuple[int, object]
     except ClaworcError as exc:
         _audit_file(instance, actor, "download", path, started, error=exc.message)
         raise
-    audit = functools.partial(_audit_file, instance, actor, "download", path, started)
-    stream = _download_stream(answer["endpoint"], answer["size"], path, audit, context.current())
-    return answer["size"], stream
+    bound = context.current()
+
+    def audit_end(received: int, error: str) -> None:
+        # Streaming outlives the request's middleware: its audit context is restored here.
+        token = context.activate(bound)
+        try:
+            _audit_file(instance, actor, "download", path, started, size=received, error=error)
+        finally:
+            context.deactivate(token)
+
+    size = answer["size"]
+    return size, _download_stream(answer["endpoint"], size, path, on_end=audit_end)
 
 
-async def _download_stream(endpoint: dict, size: int, path: str, audit, bound):
+async def _download_stream(endpoint: dict, size: int, path: str, *, on_end=None):
+    """The file's bytes; `on_end(received, error)` is called however the stream ends."""
     timeout = settings.CLAWORC_FILE_TIMEOUT_SECONDS
     received, error = 0, ""
     try:
@@ -173,12 +182,8 @@ async def _download_stream(endpoint: dict, size: int, path: str, audit, bound):
             logger.warning(
                 "download cut short path_length=%s received=%s size=%s", len(path), received, size
             )
-        # Streaming outlives the request's middleware: its audit context is restored here.
-        token = context.activate(bound)
-        try:
-            audit(size=received if error else size, error=error)
-        finally:
-            context.deactivate(token)
+        if on_end is not None:
+            on_end(received, error)
 
 
 def file_upload(instance: Instance, *, path: str, stream, size: int, actor) -> dict:
