@@ -339,7 +339,8 @@ def _open_socket(family: int, sockaddr: tuple, timeout: float) -> socket.socket:
         sock.connect(sockaddr)
     except TimeoutError:
         sock.close()
-        raise SSHUnreachable(f"connect: timed out after {timeout:g}s") from None
+        # The runbook's wording for an attempt that timed out or was cancelled.
+        raise SSHUnreachable(f"connect: context cancelled (timed out after {timeout:g}s)") from None
     except OSError as exc:
         sock.close()
         raise SSHUnreachable(f"connect: {exc.strerror or exc}") from None

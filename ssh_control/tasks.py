@@ -8,6 +8,7 @@ context its sender passed (`audit.context.bound_from_task`); beat's tasks have n
 from celery import shared_task
 
 from audit.context import bound_from_task
+from ssh_control import dispatch
 from ssh_control.exceptions import ClaworcError
 from ssh_control.manager import operations
 
@@ -44,7 +45,11 @@ def reconnect(instance_id: int, actor: str | None = None) -> dict:
 # only decide which owners to ask.
 
 
-@shared_task(name="ssh_control.rotate_key", time_limit=300, soft_time_limit=270)
+@shared_task(
+    name=dispatch.ROTATE_KEY,
+    time_limit=dispatch.ROTATE_KEY_TIMEOUT_SECONDS,
+    soft_time_limit=dispatch.ROTATE_KEY_TIMEOUT_SECONDS - 30,
+)
 @bound_from_task
 def rotate_key(instance_id: int, actor: str | None = None, only_if_due: bool = False) -> dict:
     from ssh_control.rotation import engine

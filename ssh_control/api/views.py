@@ -163,7 +163,10 @@ class InstanceViewSet(viewsets.ModelViewSet):
     def rotate_ssh_key(self, request, pk=None):
         instance = self.get_object()
         result = dispatch.run_on_owner(
-            instance, dispatch.ROTATE_KEY, actor=request.user.get_username()
+            instance,
+            dispatch.ROTATE_KEY,
+            timeout=dispatch.ROTATE_KEY_TIMEOUT_SECONDS,
+            actor=request.user.get_username(),
         )
         return Response(result)
 

@@ -1,5 +1,6 @@
 """Rotation end to end: the API, the tunnel that keeps serving, the keys on the agent."""
 
+import base64
 import http.client
 import socket
 import stat
@@ -121,6 +122,7 @@ def test_rotation_with_tunnel_carrying_traffic_loses_no_request(rig, admin_user,
 
     _assert_no_private_key_material(
         [key_file_body, keys.key_path(instance.name).read_bytes()],
+        name=instance.name,
         haystacks=[
             response.content,
             info.content,
@@ -148,14 +150,34 @@ def _redis_dump() -> bytes:
     return b"\n".join(chunks)
 
 
-def _assert_no_private_key_material(key_files: list[bytes], *, haystacks: list[bytes]):
+def _assert_no_private_key_material(key_files: list[bytes], *, name: str, haystacks: list[bytes]):
     needles = [b"PRIVATE KEY"]
     for body in key_files:
         # Every line of the encrypted key body, past its armour.
         needles += [line for line in body.splitlines() if len(line) > 20]
+    for private_key in _decrypted(key_files, name):
+        # The decrypted key as an unencrypted OpenSSH file would hold it, and its raw seed
+        # in the encodings a careless log line or JSON field would use.
+        unencrypted = private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        seed = private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        needles += [line for line in unencrypted.splitlines() if len(line) > 20]
+        needles += [seed, seed.hex().encode(), base64.b64encode(seed).rstrip(b"=")]
     for haystack in haystacks:
         for needle in needles:
             assert needle not in haystack
+
+
+def _decrypted(key_files: list[bytes], name: str) -> list:
+    passphrase = keys.key_passphrase(name)
+    return [serialization.load_ssh_private_key(body, password=passphrase) for body in key_files]
 
 
 def test_rotation_second_request_while_running_gets_409(rig, admin_user):

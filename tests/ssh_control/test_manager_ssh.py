@@ -1,6 +1,7 @@
 """`ssh_control.ssh` against a real sshd: algorithms, host key check, timed round trips."""
 
 import signal
+import socket
 import time
 
 import pytest
@@ -8,7 +9,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ssh_control import ssh
-from ssh_control.exceptions import ConnectionLimitReached, HostKeyMismatch, SSHConnectionError
+from ssh_control.exceptions import (
+    ConnectionLimitReached,
+    HostKeyMismatch,
+    SSHConnectionError,
+    SSHUnreachable,
+)
 from ssh_control.manager.gate import SlotPool
 from tests.agents import Agent
 
@@ -116,3 +122,34 @@ def test_manager_slot_pool_full_refuses_with_runbook_message(settings):
         slots.reserve()
     slots.release()
     slots.reserve()
+
+
+def test_manager_ssh_connect_timeout_uses_runbook_message(client_key):
+    # A listener whose accept queue is full drops further SYNs, so the TCP connect hangs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+            fillers.append(filler)
+        started = time.monotonic()
+        with pytest.raises(SSHUnreachable) as refused:
+            ssh.connect(
+                family=socket.AF_INET,
+                sockaddr=listener.getsockname(),
+                username="root",
+                private_key=client_key,
+                pinned=None,
+                timeout=0.5,
+            )
+        elapsed = time.monotonic() - started
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
+
+    assert refused.value.message == "connect: context cancelled (timed out after 0.5s)"
+    assert 0.4 <= elapsed < 2

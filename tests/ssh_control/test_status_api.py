@@ -1,12 +1,15 @@
 """Status, events, tunnels and metrics read what the database holds; SSH actions dispatch."""
 
+import base64
 import time
 from datetime import timedelta
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from django.utils import timezone
 
 from claworc.celery import app
+from ssh_control import keys
 from ssh_control.choices import ConnectionEventType, ConnectionState, TunnelStatus
 from ssh_control.models import ConnectionEvent, ConnectionStatus, InstanceLease, Tunnel
 from tests.conftest import client_for
@@ -188,5 +191,10 @@ def test_key_material_never_logged_on_create(make_instance, settings, caplog):
     make_instance("agent-log")
 
     private = (settings.CLAWORC_SSH_KEY_DIR / "agent-log.key").read_text()
+    seed = keys.load_private_key("agent-log").private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
     assert "PRIVATE" not in caplog.text
     assert private.splitlines()[1] not in caplog.text
+    for encoded in (seed.hex(), base64.b64encode(seed).decode().rstrip("=")):
+        assert encoded not in caplog.text
