@@ -31,6 +31,23 @@ def wait_for_http(url: str, deadline: float) -> requests.Response:
     raise AssertionError(f"{url} did not answer within {START_TIMEOUT_SECONDS}s")
 
 
+def wait_for_demo(base: str, cookie: dict, deadline: float) -> dict:
+    """The demo instance's status once it is connected with both tunnels active."""
+    while time.monotonic() < deadline:
+        rows = requests.get(f"{base}/api/v1/ssh-status", headers=cookie, timeout=5).json()
+        demo = next((row for row in rows["instances"] if row["instance_name"] == "demo"), None)
+        tunnels = demo["tunnels"] if demo else []
+        if (
+            demo
+            and demo["state"] == "connected"
+            and len(tunnels) == 2
+            and all(tunnel["status"] == "active" for tunnel in tunnels)
+        ):
+            return demo
+        time.sleep(0.5)
+    raise AssertionError(f"demo instance not connected with active tunnels: {demo}")
+
+
 @pytest.fixture
 def control_plane(tmp_path):
     port = free_port()
@@ -86,6 +103,14 @@ def test_run_command_serves_admin_and_api_on_embedded_default(control_plane):
         timeout=10,
     )
     status = requests.get(f"{base}/api/v1/ssh-status", headers=cookie, timeout=5)
+    # The demo agent: connected, healthy, its tunnels up and audited within a minute.
+    demo = wait_for_demo(base, cookie, deadline)
+    audit = requests.get(
+        f"{base}/api/v1/ssh-audit-logs",
+        params={"instance_name": "demo", "event_type": "connection_established"},
+        headers=cookie,
+        timeout=5,
+    ).json()
 
     assert login_page.status_code == 200
     assert requests.get(f"{base}/api/v1/auth/me", timeout=5).status_code == 401
@@ -93,6 +118,9 @@ def test_run_command_serves_admin_and_api_on_embedded_default(control_plane):
     assert cross_origin.status_code == 403
     assert "agent-e2e" in [row["instance_name"] for row in status.json()["instances"]]
     assert (data_dir / "claworc.sqlite3").exists()
+    assert demo["healthy"] is True
+    assert {tunnel["service"] for tunnel in demo["tunnels"]} == {"vnc", "gateway"}
+    assert audit["count"] >= 1, audit
     assert oct((data_dir / "ssh-keys" / "agent-e2e.key").stat().st_mode & 0o777) == "0o600"
 
     # Ctrl-C stops web, worker and beat.
