@@ -12,6 +12,8 @@ from ssh_control.dispatch import node_queue
 from ssh_control.manager.bootstep import worker_node
 
 ROOT = Path(__file__).resolve().parents[2]
+# What `hostname -i` prints in a container on two networks.
+CONTAINER_ADDRESSES = "172.18.0.5 10.1.0.7"
 
 
 def compose() -> dict:
@@ -34,8 +36,12 @@ def worker_arguments(tmp_path, container_hostname: str, **environment) -> list[s
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    fake_program(bin_dir, "hostname", f"echo {container_hostname}")
-    fake_program(bin_dir, "python", 'printf "%s\\n" "$@"')
+    fake_program(
+        bin_dir,
+        "hostname",
+        f'if [ "$1" = -i ]; then echo {CONTAINER_ADDRESSES}; else echo {container_hostname}; fi',
+    )
+    fake_program(bin_dir, "python", 'printf "%s\\n" "bind=$CLAWORC_TUNNEL_BIND_HOST" "$@"')
     result = subprocess.run(
         ["sh", "-c", script.replace("\0", "$")],
         env={"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin", **environment},
@@ -70,3 +76,16 @@ def test_compose_shared_environment_pins_no_node():
     environment = compose()["x-claworc"]["environment"]
 
     assert "CLAWORC_SSH_NODE" not in environment
+
+
+def test_compose_ssh_worker_tunnels_listen_on_the_container_address(tmp_path):
+    """The browser proxy runs in the web container: it must reach the worker's listeners."""
+    arguments = worker_arguments(tmp_path, "0f3c9a1b2d4e")
+
+    assert arguments[0] == "bind=172.18.0.5"
+
+
+def test_compose_ssh_worker_tunnel_bind_host_from_environment_wins(tmp_path):
+    arguments = worker_arguments(tmp_path, "0f3c9a1b2d4e", CLAWORC_TUNNEL_BIND_HOST="10.9.0.2")
+
+    assert arguments[0] == "bind=10.9.0.2"
