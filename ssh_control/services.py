@@ -86,7 +86,11 @@ def instance_update(instance: Instance, *, actor, grants: list | None = None, **
         instance.save()
         tunnels_ensure_standard(instance)
         if grants is not None:
+            before = _grant_summary(instance)
             _replace_grants(instance, grants)
+            after = _grant_summary(instance)
+            if after != before:
+                changes["grants"] = {"from": before, "to": after}
 
     if changes or grants is not None:
         summary = ", ".join(f"{name}: {c['from']} -> {c['to']}" for name, c in changes.items())
@@ -202,6 +206,12 @@ def _write_new_key(name: str, key: keys.GeneratedKey) -> None:
 
 def _name_taken(name: str) -> ValidationError:
     return ValidationError({"name": f"an instance named {name!r} already exists"})
+
+
+def _grant_summary(instance: Instance) -> list[str]:
+    """The grants as `username:level`, sorted: what an audit entry keeps of them."""
+    rows = instance.grants.values_list("user__username", "level")
+    return sorted(f"{username}:{level}" for username, level in rows)
 
 
 def _replace_grants(instance: Instance, grants: list) -> None:

@@ -8,6 +8,7 @@ Every operation that reached the worker is audited, failures included, without c
 import logging
 import socket
 import time
+import uuid
 
 from django.conf import settings
 
@@ -223,7 +224,10 @@ def _upload_send(endpoint: dict, stream, size: int) -> None:
 
 
 def terminal_open(instance: Instance, *, actor, session_id=None, cols=80, rows=24, source_ip=None):
-    """Start or resume a terminal session on the owner; returns its id and data endpoint."""
+    """Start or resume a terminal session on the owner; returns its id and data endpoint.
+
+    A new session gets a request id of its own, which groups its start and end entries.
+    """
     return dispatch.run_on_owner(
         instance,
         tasks.OPEN_TERMINAL,
@@ -233,4 +237,5 @@ def terminal_open(instance: Instance, *, actor, session_id=None, cols=80, rows=2
         cols=cols,
         rows=rows,
         source_ip=source_ip,
+        request_id=None if session_id else str(uuid.uuid4()),
     )

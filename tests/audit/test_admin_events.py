@@ -53,6 +53,11 @@ def test_admin_grant_changes_are_audited_as_instance_update(
         "127.0.0.1",
     )
     assert entry.data["grants_replaced"] is True
+    assert entry.data["changes"]["grants"] == {
+        "from": ["operator:operate", "viewer:view"],
+        "to": ["operator:view", "stranger:operate"],
+    }
+    assert "grants: ['operator:operate', 'viewer:view'] -> " in entry.details
 
 
 def test_admin_save_without_grant_changes_writes_no_update(admin_browser, instance):

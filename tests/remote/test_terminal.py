@@ -148,6 +148,8 @@ def test_terminal_session_types_resizes_detaches_resumes_and_records(terminal_in
     assert end.data["reason"] == "shell exited"
     assert end.duration_ms > 0
     assert end.data["session_id"] == session_id
+    # One request id groups the session's entries.
+    assert start.request_id is not None and end.request_id == start.request_id
 
     recording = settings.DATA_DIR / "terminal-recordings" / f"{session_id}.cast"
     assert os.stat(recording).st_mode & 0o777 == 0o600
