@@ -1,7 +1,13 @@
 """The daily policy run, the beat schedule that starts it, and key installation."""
 
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
+import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from celery.beat import PersistentScheduler
@@ -12,6 +18,7 @@ from django.utils import timezone
 from audit.models import AuditEntry
 from audit.services import audit_flush
 from claworc.celery import app as celery_app
+from ssh_control import keys, ssh
 from ssh_control.choices import ConnectionState
 from ssh_control.models import Instance, KeyRotation
 from ssh_control.rotation.schedules import after_start
@@ -20,7 +27,7 @@ from ssh_control.rotation.services import (
     instances_due_for_rotation,
     rotation_rotate_due,
 )
-from tests.agents import wait_until
+from tests.agents import Agent, wait_until
 from tests.conftest import client_for
 from tests.rotation.conftest import OPERATOR_LINE, ROTATION_WORKER_ENV
 from tests.ssh_control.conftest import wait_status
@@ -179,3 +186,74 @@ def test_authorized_keys_path_relative_path_refused(admin_user, make_instance):
     instance_set_authorized_keys_path(instance, path="/etc/ssh/keys/root", actor=admin_user)
 
     assert Instance.objects.get(pk=instance.pk).authorized_keys_path == "/etc/ssh/keys/root"
+
+
+@pytest.fixture
+def password_user(tmp_path):
+    """A throwaway system account with a password, for the one password login an install
+    makes; removed again at teardown."""
+    name = f"clw{uuid.uuid4().hex[:8]}"
+    password = f"Pw-{uuid.uuid4().hex}"
+    home = tmp_path / name
+    subprocess.run(
+        ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
+        check=True,
+    )
+    subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True)
+    try:
+        yield name, password
+    finally:
+        subprocess.run(["userdel", name], check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_install_key_with_password_appends_key_once_and_key_logs_in(
+    admin_user, make_instance, password_user, caplog
+):
+    username, password = password_user
+    instance = make_instance("pw-install")
+    # Outside pytest's 0700 temporary tree, which the account could not traverse; sshd
+    # keeps the first value of a keyword, so a Match block allows its password login.
+    root = Path(tempfile.mkdtemp(prefix="claworc-pw-"))
+    root.chmod(0o755)
+    agent = Agent(
+        root, "agent", extra_config=f"Match User {username}\n  PasswordAuthentication yes\n"
+    )
+    agent.authorize(OPERATOR_LINE)
+    # The login edits the file as that user: it owns the directory the file is replaced in.
+    shutil.chown(agent.dir, user=username)
+    shutil.chown(agent.authorized_keys, user=username)
+    agent.start().wait_ready()
+    Instance.objects.filter(pk=instance.pk).update(
+        ssh_port=agent.port, ssh_user=username, authorized_keys_path=str(agent.authorized_keys)
+    )
+    url = f"/api/v1/instances/{instance.pk}/install-ssh-key"
+
+    try:
+        first = client_for(admin_user).post(url, {"password": password}, format="json")
+        again = client_for(admin_user).post(url, {"password": password}, format="json")
+        lines = agent.authorized_keys.read_text().splitlines()
+        key_login = ssh.connect(
+            family=socket.AF_INET,
+            sockaddr=("127.0.0.1", agent.port),
+            username=username,
+            private_key=keys.load_private_key(instance.name),
+            pinned=None,
+            timeout=5,
+        )
+        key_login.close()
+    finally:
+        agent.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    assert first.status_code == 200, first.content
+    assert (first.json()["success"], first.json()["appended"]) == (True, True)
+    assert again.json()["appended"] is False
+    assert lines == [OPERATOR_LINE, instance.ssh_public_key.strip()]
+    assert audit_flush()
+    installed = AuditEntry.objects.filter(instance_id=instance.pk, event_type="file_operation")
+    assert installed.count() == 2 and installed.first().username == "admin"
+    stored = [str(row.__dict__) for row in AuditEntry.objects.all()]
+    for text in (first.content.decode(), again.content.decode(), caplog.text, *stored):
+        assert password not in text
