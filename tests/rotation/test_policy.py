@@ -203,7 +203,8 @@ def password_user(tmp_path):
     try:
         yield name, password
     finally:
-        subprocess.run(["userdel", name], check=False)
+        # --force: the account's last sshd processes may still be exiting.
+        subprocess.run(["userdel", "--force", name], check=True)
 
 
 @pytest.mark.slow
