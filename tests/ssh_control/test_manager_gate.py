@@ -224,3 +224,41 @@ def test_manager_gate_with_every_address_unreachable_counts_one_failure(make_ins
     assert audit_flush()
     failed = AuditEntry.objects.filter(instance_id=instance.pk, event_type="connection_failed")
     assert failed.count() == 1
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_manager_global_limit_refuses_connection_past_max(
+    make_instance, make_agent, start_worker, admin_user
+):
+    first, second = make_instance("gate-max-1"), make_instance("gate-max-2")
+    agents = [make_agent(first), make_agent(second)]
+    for instance, agent in zip((first, second), agents, strict=True):
+        instance.ssh_port = agent.port
+        instance.save()
+    worker = start_worker(CLAWORC_SSH_MAX_CONNECTIONS=1)
+    for process in (*agents, worker):
+        process.wait_ready()
+
+    # One connection is all this worker may hold: it owns one instance, and the ssh-test's
+    # own connection finds no free slot.
+    wait_until(
+        lambda: (
+            status_of(first).state == ConnectionState.CONNECTED
+            or status_of(second).state == ConnectionState.CONNECTED
+        ),
+        timeout=15,
+        message="one instance connected",
+    )
+    time.sleep(1.5)  # a few lease rounds: the other instance must stay unclaimed
+    held = first if status_of(first).state == ConnectionState.CONNECTED else second
+    other = second if held is first else first
+    response = client_for(admin_user).post(_url(held, "ssh-test"))
+
+    assert lease_node(other) is None
+    assert response.status_code == 503
+    assert response.json() == {
+        "error": "connect: maximum connections (1) reached",
+        "code": "max_connections",
+    }
+    assert sum(agent.accepted_count() for agent in agents) == 1
