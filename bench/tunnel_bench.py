@@ -83,13 +83,18 @@ def start_http_service(bulk_bytes: int) -> tuple[subprocess.Popen, int]:
     process = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(port), "--bulk-mb", str(bulk_bytes >> 20)]
     )
-    deadline = time.monotonic() + 10
+    wait_listening(port, "HTTP service")
+    return process, port
+
+
+def wait_listening(port: int, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process, port
+                return
         time.sleep(0.05)
-    raise RuntimeError("HTTP service did not come up")
+    raise RuntimeError(f"{what} did not come up")
 
 
 def wrk(port: int, connections: int, seconds: float) -> dict:
@@ -149,13 +154,8 @@ def openssh_forward(
          "-i", str(key_path), "-o", "StrictHostKeyChecking=no",
          "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1"],
     )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", local)) == 0:
-                return process, local
-        time.sleep(0.05)
-    raise RuntimeError("ssh -L did not come up")
+    wait_listening(local, "ssh -L")
+    return process, local
 
 
 def project_tunnel(agent: Agent, key: Ed25519PrivateKey, service_port: int):
