@@ -8,7 +8,7 @@ from django.utils.html import format_html
 
 from claworc.admin_mixins import ReadOnlyAdminMixin
 from ssh_control import dispatch, services
-from ssh_control.choices import ConnectionState
+from ssh_control.choices import ConnectionState, TunnelService
 from ssh_control.exceptions import ClaworcError
 from ssh_control.models import (
     ConnectionEvent,
@@ -20,6 +20,7 @@ from ssh_control.models import (
     Tunnel,
 )
 from ssh_control.rotation import services as rotation_services
+from ssh_control.tunnels import services as tunnel_services
 from ssh_control.validators import parse_allowed_ips
 
 STATE_COLOURS = {
@@ -295,8 +296,35 @@ class ConnectionEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     date_hierarchy = "created_at"
 
 
+class CustomTunnelForm(forms.ModelForm):
+    """Adds a `custom` tunnel; the service itself is fixed, standard ones follow the ports."""
+
+    name = forms.RegexField(
+        regex=tunnel_services.CUSTOM_TUNNEL_NAME_PATTERN,
+        max_length=63,
+        help_text="Lowercase letters, digits, '-' and '_'.",
+    )
+
+    class Meta:
+        model = Tunnel
+        fields = ("instance", "name", "remote_port")
+
+    def clean(self):
+        cleaned = super().clean()
+        instance, name = cleaned.get("instance"), cleaned.get("name")
+        if (
+            instance
+            and name
+            and instance.tunnels.filter(service=TunnelService.CUSTOM, name=name).exists()
+        ):
+            self.add_error("name", f"a custom tunnel named {name!r} already exists")
+        return cleaned
+
+
 @admin.register(Tunnel)
-class TunnelAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class TunnelAdmin(admin.ModelAdmin):
+    """Rows are kept by the tunnel supervisor; only `custom` tunnels are added or deleted."""
+
     list_display = (
         "instance",
         "service",
@@ -306,10 +334,48 @@ class TunnelAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "status",
         "last_check_at",
         "bytes_transferred",
+        "refused_count",
     )
     list_filter = ("service", "status")
     search_fields = ("instance__name", "name")
     list_select_related = ("instance",)
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = CustomTunnelForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return CustomTunnelForm._meta.fields
+        return super().get_fields(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.service != TunnelService.CUSTOM:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        # Through the service, so the admin's additions are audited like the API's.
+        created = tunnel_services.tunnel_create_custom(
+            form.cleaned_data["instance"],
+            name=form.cleaned_data["name"],
+            remote_port=form.cleaned_data["remote_port"],
+            actor=request.user,
+        )
+        obj.pk, obj.service = created.pk, created.service
+        obj._state.adding = False
+
+    def delete_model(self, request, obj):
+        tunnel_services.tunnel_delete(obj.instance, obj.pk, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        # The bulk action has checked `has_delete_permission` for every selected row.
+        for tunnel in queryset.select_related("instance"):
+            tunnel_services.tunnel_delete(tunnel.instance, tunnel.pk, actor=request.user)
 
 
 @admin.register(HostKeyPin)

@@ -38,7 +38,8 @@ class TunnelService(models.TextChoices):
 
 
 class TunnelStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
+    """The runbook's two values; a tunnel not (yet) serving is `unhealthy`."""
+
     ACTIVE = "active", "Active"
     UNHEALTHY = "unhealthy", "Unhealthy"
 

@@ -154,11 +154,17 @@ class RotationInProgress(ClaworcError):
 
 
 class TunnelNotFound(ClaworcError):
+    """No tunnel for a service (the runbook's wording), or none with a given id."""
+
     status_code = 404
     code = "tunnel_not_found"
 
-    def __init__(self, service: str, instance_name: str):
-        super().__init__(f"no {service} tunnel found for instance {instance_name}")
+    def __init__(self, service: str | None, instance_name: str, *, tunnel_id: int | None = None):
+        if tunnel_id is None:
+            message = f"no {service} tunnel found for instance {instance_name}"
+        else:
+            message = f"no tunnel with id {tunnel_id} for instance {instance_name}"
+        super().__init__(message)
         self.instance_name = instance_name
 
 

@@ -166,12 +166,15 @@ class Tunnel(models.Model):
     bind_host = models.CharField(max_length=64, blank=True, default="")
     local_port = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(
-        max_length=16, choices=TunnelStatus.choices, default=TunnelStatus.PENDING
+        max_length=16, choices=TunnelStatus.choices, default=TunnelStatus.UNHEALTHY
     )
     started_at = models.DateTimeField(null=True, blank=True)
     last_check_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
     bytes_transferred = models.PositiveBigIntegerField(default=0)
+    # Connections refused over a connection cap, and why the latest one was refused.
+    refused_count = models.PositiveBigIntegerField(default=0)
+    last_refusal = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -7,6 +7,7 @@ from rest_framework.fields import empty
 
 from ssh_control.choices import GrantLevel
 from ssh_control.models import INSTANCE_NAME_PATTERN, Instance
+from ssh_control.tunnels.services import CUSTOM_TUNNEL_NAME_PATTERN
 from ssh_control.validators import parse_allowed_ips
 
 
@@ -113,7 +114,7 @@ class CustomTunnelSerializer(serializers.Serializer):
     """Body of `POST .../tunnels`: only `custom` tunnels are added by hand."""
 
     service = serializers.ChoiceField(choices=[("custom", "Custom")], default="custom")
-    name = serializers.RegexField(r"^[a-z0-9][a-z0-9_-]{0,62}$", max_length=63)
+    name = serializers.RegexField(CUSTOM_TUNNEL_NAME_PATTERN, max_length=63)
     remote_port = serializers.IntegerField(min_value=1, max_value=65535)
 
 

@@ -11,6 +11,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from ssh_control.exceptions import TunnelNotFound
 from ssh_control.proxy.access import ProxyNotAllowed, proxy_target
 from ssh_control.proxy.views import strip_own_cookies
+from ssh_control.tunnels.services import tunnel_refusal_since
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ class ServiceProxyConsumer(AsyncWebsocketConsumer):
                 open_timeout=10,
             )
         except (TimeoutError, OSError, websockets.WebSocketException) as exc:
-            logger.warning("websocket proxy upstream failed error=%r", exc)
+            refusal = await sync_to_async(tunnel_refusal_since)(tunnel.pk, tunnel.refused_count)
+            logger.warning("websocket proxy upstream failed error=%r refusal=%s", exc, refusal)
             await self.close(code=CLOSE_UNAVAILABLE)
             return
 

@@ -19,6 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from claworc.authentication import SAFE_METHODS, is_cross_origin
 from ssh_control.exceptions import TunnelNotFound
 from ssh_control.proxy.access import ProxyNotAllowed, proxy_target
+from ssh_control.tunnels.services import tunnel_refusal_since
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +115,10 @@ async def service_proxy(request, instance_id: str, service: str, path: str):
     url = f"http://{_host(tunnel.bind_host)}:{tunnel.local_port}/{quote(path, safe='/%')}"
     if request.META.get("QUERY_STRING"):
         url += "?" + request.META["QUERY_STRING"]
-    return await _forward(request, url, prefix, instance.name)
+    return await _forward(request, url, prefix, instance.name, tunnel)
 
 
-async def _forward(request, url: str, prefix: str, instance_name: str):
+async def _forward(request, url: str, prefix: str, instance_name: str, tunnel):
     client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, follow_redirects=False)
     try:
         upstream = await client.send(
@@ -129,7 +130,8 @@ async def _forward(request, url: str, prefix: str, instance_name: str):
     except httpx.HTTPError as exc:
         await client.aclose()
         logger.warning("proxy upstream failed instance=%s url=%s error=%r", instance_name, url, exc)
-        return unavailable(request, instance_name, f"the tunnel did not answer: {exc!r}")
+        refusal = await sync_to_async(tunnel_refusal_since)(tunnel.pk, tunnel.refused_count)
+        return unavailable(request, instance_name, refusal or f"the tunnel did not answer: {exc!r}")
 
     async def body():
         try:

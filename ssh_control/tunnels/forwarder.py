@@ -18,10 +18,14 @@ LISTEN_BACKLOG = 512
 
 
 class ConnectionLimiter:
-    """A counting gate: `acquire()` refuses instead of waiting when the cap is reached."""
+    """A counting gate: `acquire()` refuses instead of waiting when the cap is reached.
 
-    def __init__(self, limit: int):
+    `scope` names what the cap covers (`instance`, `worker`) in the refusal's message.
+    """
+
+    def __init__(self, limit: int, *, scope: str = "tunnel"):
         self.limit = limit
+        self.scope = scope
         self._count = 0
         self._lock = threading.Lock()
 
@@ -39,6 +43,9 @@ class ConnectionLimiter:
     @property
     def in_use(self) -> int:
         return self._count
+
+    def refusal(self) -> str:
+        return f"the tunnel's connection limit ({self.limit} per {self.scope}) was reached"
 
 
 class _Relay:
@@ -120,7 +127,9 @@ class TunnelListener:
     """Listens on `bind_host` (ephemeral port) and forwards to `remote_port` on the agent.
 
     `open_channel(port)` opens a `direct-tcpip` channel over the instance's connection.
-    Connections beyond either limiter are closed at once and counted in `refused`.
+    Connections beyond either limiter are closed at once, counted in `refused` and reported
+    to `on_refused(reason)` before the close, so whoever sees the close can learn why.
+    Nothing is written to the refused client: a tunnel may carry any TCP protocol.
     """
 
     def __init__(
@@ -131,12 +140,14 @@ class TunnelListener:
         remote_port: int,
         open_channel: Callable[[int], object],
         limiters: tuple[ConnectionLimiter, ...],
+        on_refused: Callable[[str], None] | None = None,
     ):
         self.label = label
         self.bind_host = bind_host
         self.remote_port = remote_port
         self._open_channel = open_channel
         self._limiters = limiters
+        self._on_refused = on_refused
         self._relays: set[_Relay] = set()
         self._lock = threading.Lock()
         self._bytes = 0
@@ -186,23 +197,24 @@ class TunnelListener:
                 target=self._serve, args=(client,), daemon=True, name="tunnel-relay"
             ).start()
 
-    def _acquire_slots(self) -> bool:
+    def _acquire_slots(self) -> ConnectionLimiter | None:
+        """Take a slot in every limiter; on refusal, the limiter that refused."""
         taken = []
         for limiter in self._limiters:
             if not limiter.acquire():
                 for held in taken:
                     held.release()
-                return False
+                return limiter
             taken.append(limiter)
-        return True
+        return None
 
     def _serve(self, client: socket.socket) -> None:
-        if self._closed or not self._acquire_slots():
-            self.refused += 1
-            logger.warning(
-                "tunnel connection refused tunnel=%s reason=connection limit", self.label
-            )
+        if self._closed:
             client.close()
+            return
+        full = self._acquire_slots()
+        if full is not None:
+            self._refuse(client, full)
             return
 
         try:
@@ -227,6 +239,20 @@ class TunnelListener:
             self._release_slots()
             return
         relay.start()
+
+    def _refuse(self, client: socket.socket, full: ConnectionLimiter) -> None:
+        with self._lock:
+            self.refused += 1
+        logger.warning("tunnel connection refused tunnel=%s reason=connection limit limit=%s "
+                       "scope=%s", self.label, full.limit, full.scope)  # fmt: skip
+        try:
+            # Reported before the close, so a client that sees the close finds the reason.
+            if self._on_refused is not None:
+                self._on_refused(full.refusal())
+        except Exception:
+            logger.exception("tunnel refusal not reported tunnel=%s", self.label)
+        finally:
+            client.close()
 
     def _release_slots(self) -> None:
         for limiter in self._limiters:

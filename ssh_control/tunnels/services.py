@@ -15,6 +15,7 @@ from ssh_control.models import Instance, Tunnel
 logger = logging.getLogger(__name__)
 
 WAITING_FOR_CONNECTION = "waiting for the SSH connection"
+CUSTOM_TUNNEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 def standard_ports(instance: Instance) -> dict[str, int]:
@@ -77,7 +78,7 @@ def tunnel_delete(instance: Instance, tunnel_id: int, *, actor) -> None:
     """Remove a `custom` tunnel; standard tunnels follow the instance's ports instead."""
     tunnel = instance.tunnels.filter(pk=tunnel_id).first()
     if tunnel is None:
-        raise TunnelNotFound(f"tunnel {tunnel_id}", instance.name)
+        raise TunnelNotFound(None, instance.name, tunnel_id=tunnel_id)
     if tunnel.service != TunnelService.CUSTOM:
         raise ValidationError(
             {"service": f"the {tunnel.service} tunnel is standard; change the instance's port"}
@@ -103,3 +104,17 @@ def tunnel_for_proxy(instance: Instance, service: str) -> Tunnel:
     if tunnel is None:
         raise TunnelNotFound(service, instance.name)
     return tunnel
+
+
+def tunnel_refusal_since(tunnel_id: int, refused_count: int) -> str | None:
+    """Why the tunnel last refused a connection, if it refused more than `refused_count`.
+
+    The worker counts a refusal on the row before it closes the refused connection, so a
+    client that saw the close and compares with the count it read before connecting learns
+    whether a connection cap closed it.
+    """
+    return (
+        Tunnel.objects.filter(pk=tunnel_id, refused_count__gt=refused_count)
+        .values_list("last_refusal", flat=True)
+        .first()
+    )

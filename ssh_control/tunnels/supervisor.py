@@ -10,6 +10,7 @@ through the SSH connection to the agent's service, so it fails when either is de
 Everything observed is published to the `Tunnel` rows.
 """
 
+import functools
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
+from django.db import connection as db_connection
 from django.db.models import F
 from django.utils import timezone
 
@@ -47,7 +49,9 @@ class InstanceTunnels:
         self.connection = connection
         self.listeners: dict[int, TunnelListener] = {}
         self.retries: dict[int, _Retry] = {}
-        self.limiter = ConnectionLimiter(settings.CLAWORC_TUNNEL_MAX_CONNECTIONS_PER_INSTANCE)
+        self.limiter = ConnectionLimiter(
+            settings.CLAWORC_TUNNEL_MAX_CONNECTIONS_PER_INSTANCE, scope="instance"
+        )
         self.next_monitor = 0.0
         self.busy = threading.Lock()
         self.closed = False
@@ -103,6 +107,7 @@ class InstanceTunnels:
             remote_port=row.remote_port,
             open_channel=self.open_channel,
             limiters=(self.limiter, self.supervisor.limiter),
+            on_refused=functools.partial(_publish_refusal, row.pk),
         )
         error = self.probe(listener)
         if error:
@@ -184,6 +189,17 @@ def _publish(tunnel_id: int, **fields) -> None:
     Tunnel.objects.filter(pk=tunnel_id).update(**fields)
 
 
+def _publish_refusal(tunnel_id: int, reason: str) -> None:
+    """Count a connection refused over a cap on the row, where the browser proxy reads it."""
+    try:
+        Tunnel.objects.filter(pk=tunnel_id).update(
+            refused_count=F("refused_count") + 1, last_refusal=reason
+        )
+    finally:
+        # Runs on the refused connection's own thread, which ends right after.
+        db_connection.close()
+
+
 def _add_bytes(tunnel_id: int, count: int) -> None:
     if count:
         Tunnel.objects.filter(pk=tunnel_id).update(bytes_transferred=F("bytes_transferred") + count)
@@ -193,7 +209,9 @@ class TunnelSupervisor:
     """All instances' tunnels on this worker, and the loop that keeps them healthy."""
 
     def __init__(self):
-        self.limiter = ConnectionLimiter(settings.CLAWORC_TUNNEL_MAX_CONNECTIONS_PER_WORKER)
+        self.limiter = ConnectionLimiter(
+            settings.CLAWORC_TUNNEL_MAX_CONNECTIONS_PER_WORKER, scope="worker"
+        )
         self._instances: dict[int, InstanceTunnels] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -5,7 +5,8 @@ from django.test import Client
 
 from audit.models import AuditEntry
 from audit.services import audit_flush
-from ssh_control.models import ConnectionStatus, Instance
+from ssh_control.models import ConnectionStatus, Instance, Tunnel
+from ssh_control.tunnels.services import tunnel_create_custom
 
 
 @pytest.fixture
@@ -107,3 +108,69 @@ def test_instance_page_links_to_browser_proxies(admin_browser, instance):
 
     assert f'href="/instances/{instance.pk}/gateway/"'.encode() in response.content
     assert f'href="/instances/{instance.pk}/vnc/"'.encode() in response.content
+
+
+TUNNEL_ADMIN = "/admin/ssh_control/tunnel/"
+
+
+def test_custom_tunnel_added_in_admin_is_audited(admin_browser, instance):
+    response = admin_browser.post(
+        f"{TUNNEL_ADMIN}add/", {"instance": instance.pk, "name": "metrics", "remote_port": 9100}
+    )
+
+    tunnel = Tunnel.objects.get(instance=instance, name="metrics")
+    assert audit_flush()
+    assert response.status_code == 302
+    assert (tunnel.service, tunnel.remote_port, tunnel.status) == ("custom", 9100, "unhealthy")
+    entry = AuditEntry.objects.get(event_type="tunnel_created")
+    assert (entry.instance_id, entry.username) == (instance.pk, "root-admin")
+
+
+def test_custom_tunnel_added_in_admin_with_taken_name_shows_error(admin_browser, instance):
+    tunnel_create_custom(instance, name="metrics", remote_port=9100, actor="pytest")
+
+    response = admin_browser.post(
+        f"{TUNNEL_ADMIN}add/", {"instance": instance.pk, "name": "metrics", "remote_port": 9200}
+    )
+
+    assert response.status_code == 200
+    assert b"already exists" in response.content
+    assert Tunnel.objects.get(instance=instance, name="metrics").remote_port == 9100
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["delete-view", "bulk-action"])
+def test_custom_tunnel_deleted_in_admin_is_audited(admin_browser, instance, bulk):
+    tunnel = tunnel_create_custom(instance, name="metrics", remote_port=9100, actor="pytest")
+
+    if bulk:
+        response = admin_browser.post(
+            TUNNEL_ADMIN,
+            {"action": "delete_selected", "_selected_action": [tunnel.pk], "post": "yes"},
+        )
+    else:
+        response = admin_browser.post(f"{TUNNEL_ADMIN}{tunnel.pk}/delete/", {"post": "yes"})
+
+    assert audit_flush()
+    assert response.status_code == 302
+    assert not Tunnel.objects.filter(pk=tunnel.pk).exists()
+    entry = AuditEntry.objects.get(event_type="tunnel_deleted")
+    assert (entry.instance_id, entry.username) == (instance.pk, "root-admin")
+
+
+def test_standard_tunnel_in_admin_cannot_be_deleted_or_changed(admin_browser, instance):
+    vnc = Tunnel.objects.get(instance=instance, service="vnc")
+
+    deleted = admin_browser.post(f"{TUNNEL_ADMIN}{vnc.pk}/delete/", {"post": "yes"})
+    bulk = admin_browser.post(
+        TUNNEL_ADMIN, {"action": "delete_selected", "_selected_action": [vnc.pk], "post": "yes"}
+    )
+    changed = admin_browser.post(
+        f"{TUNNEL_ADMIN}{vnc.pk}/change/",
+        {"instance": instance.pk, "name": "x", "remote_port": 1},
+    )
+
+    assert deleted.status_code == 403
+    assert bulk.status_code == 403
+    assert changed.status_code == 403
+    vnc.refresh_from_db()
+    assert (vnc.service, vnc.name, vnc.remote_port) == ("vnc", "", 3000)

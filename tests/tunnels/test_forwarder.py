@@ -12,13 +12,14 @@ from tests.agents import wait_until
 PAYLOAD_BYTES = 1024 * 1024
 
 
-def open_listener(connection, port, *, limit=64) -> TunnelListener:
+def open_listener(connection, port, *, limit=64, on_refused=None) -> TunnelListener:
     return TunnelListener(
         label="test",
         bind_host="127.0.0.1",
         remote_port=port,
         open_channel=lambda remote: connection.open_direct_tcpip("127.0.0.1", remote, timeout=5),
-        limiters=(ConnectionLimiter(limit), ConnectionLimiter(1000)),
+        limiters=(ConnectionLimiter(limit, scope="instance"), ConnectionLimiter(1000)),
+        on_refused=on_refused,
     )
 
 
@@ -65,6 +66,23 @@ def test_tunnel_over_connection_limit_refuses_extra_clients(connection, echo_ser
     finally:
         for client in held:
             client.close()
+        listener.close()
+
+
+def test_tunnel_over_connection_limit_reports_reason_before_closing(connection, echo_service):
+    reasons = []
+    listener = open_listener(connection, echo_service.port, limit=1, on_refused=reasons.append)
+    held = socket.create_connection(("127.0.0.1", listener.port))
+    try:
+        held.sendall(b"x")
+        assert held.recv(1) == b"x"
+
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=5) as extra:
+            # The refused client gets no bytes at all: the tunnel may carry any protocol.
+            assert extra.recv(1) == b""
+            assert reasons == ["the tunnel's connection limit (1 per instance) was reached"]
+    finally:
+        held.close()
         listener.close()
 
 

@@ -1,5 +1,7 @@
 """The browser proxy over real tunnels, served by a real ASGI server (uvicorn)."""
 
+import contextlib
+import socket
 import threading
 
 import pytest
@@ -63,18 +65,33 @@ def proxied_instance(make_instance, agent, http_service, ws_echo_service, viewer
     return instance
 
 
-@pytest.fixture
-def tunnels_up(proxied_instance, agent):
+@contextlib.contextmanager
+def running_tunnels(instance, agent):
     from tests.tunnels.conftest import connect
 
-    connection = connect(proxied_instance, agent)
+    connection = connect(instance, agent)
     supervisor = TunnelSupervisor()
-    supervisor.attach(proxied_instance.pk, connection)
-    wait_for_status(proxied_instance, "gateway", TunnelStatus.ACTIVE)
-    wait_for_status(proxied_instance, "vnc", TunnelStatus.ACTIVE)
-    yield supervisor
-    supervisor.stop()
-    connection.close()
+    supervisor.attach(instance.pk, connection)
+    try:
+        wait_for_status(instance, "gateway", TunnelStatus.ACTIVE)
+        wait_for_status(instance, "vnc", TunnelStatus.ACTIVE)
+        yield supervisor
+    finally:
+        supervisor.stop()
+        connection.close()
+
+
+@pytest.fixture
+def tunnels_up(proxied_instance, agent):
+    with running_tunnels(proxied_instance, agent) as supervisor:
+        yield supervisor
+
+
+@pytest.fixture
+def one_connection_tunnels_up(proxied_instance, agent, settings):
+    settings.CLAWORC_TUNNEL_MAX_CONNECTIONS_PER_INSTANCE = 1
+    with running_tunnels(proxied_instance, agent) as supervisor:
+        yield supervisor
 
 
 def login(base: str, username: str) -> requests.Session:
@@ -200,3 +217,19 @@ def test_vnc_proxy_closes_when_tunnel_goes_down(live_web, proxied_instance, tunn
 
         with pytest.raises(ConnectionClosed):
             websocket.recv(timeout=10)
+
+
+def test_gateway_proxy_over_connection_limit_names_the_limit(
+    live_web, proxied_instance, one_connection_tunnels_up
+):
+    session = login(live_web, "viewer")
+    gateway = wait_for_status(proxied_instance, "gateway", TunnelStatus.ACTIVE)
+
+    # A client holding the only slot, straight on the tunnel's listener.
+    with socket.create_connection(("127.0.0.1", gateway.local_port), timeout=5) as holder:
+        holder.sendall(b"GET /held HTTP/1.1\r\nHost: agent\r\n\r\n")
+        assert holder.recv(4096).startswith(b"HTTP/1.1 200")
+        response = session.get(f"{live_web}/instances/{proxied_instance.pk}/gateway/", timeout=10)
+
+    assert response.status_code == 503
+    assert "connection limit (1 per instance) was reached" in response.text

@@ -1,6 +1,9 @@
 """Custom tunnels through the API: validation, standard tunnels protected, 404s."""
 
+import importlib
+
 import pytest
+from django.apps import apps
 
 from audit.choices import AuditEventType
 from audit.models import AuditEntry
@@ -10,6 +13,31 @@ from ssh_control.models import Tunnel
 
 def tunnels_url(instance) -> str:
     return f"/api/v1/instances/{instance.pk}/tunnels"
+
+
+RUNBOOK_STATUSES = {"active", "unhealthy"}
+
+
+def test_tunnels_of_fresh_instance_show_only_runbook_statuses(admin_client, instance):
+    # A row written with the model's defaults, as any code path that omits `status` does.
+    Tunnel.objects.create(instance=instance, service="custom", name="bare", remote_port=9100)
+
+    listed = admin_client.get(tunnels_url(instance)).json()
+
+    assert {row["name"] for row in listed} == {"vnc", "gateway", "bare"}
+    assert {row["status"] for row in listed} <= RUNBOOK_STATUSES
+
+
+def test_pending_tunnel_rows_are_migrated_to_unhealthy(admin_client, instance):
+    vnc = Tunnel.objects.get(instance=instance, service="vnc")
+    Tunnel.objects.filter(pk=vnc.pk).update(status="pending", last_error="")
+    migration = importlib.import_module("ssh_control.migrations.0005_tunnel_status_unhealthy")
+
+    migration.pending_to_unhealthy(apps, None)
+    listed = {row["service"]: row for row in admin_client.get(tunnels_url(instance)).json()}
+
+    assert listed["vnc"]["status"] == "unhealthy"
+    assert listed["vnc"]["last_error"] == "waiting for the SSH connection"
 
 
 def test_custom_tunnel_is_listed_after_creation(admin_client, instance):
@@ -107,6 +135,13 @@ def test_unknown_tunnel_id_gives_404(admin_client, instance, make_instance):
     assert missing.status_code == 404
     assert cross.status_code == 404
     assert Tunnel.objects.filter(pk=foreign.pk).exists()
+
+
+def test_unknown_tunnel_id_delete_names_the_id(admin_client, instance):
+    response = admin_client.delete(f"{tunnels_url(instance)}/999999")
+
+    assert response.status_code == 404
+    assert response.json()["error"] == "no tunnel with id 999999 for instance agent-1"
 
 
 def test_standard_tunnels_follow_instance_ports(admin_client, instance):
