@@ -13,7 +13,11 @@ from audit.testing import audit_writes_isolated  # noqa: F401  (autouse fixture)
 from ssh_control import keys, ssh
 from ssh_control.choices import ConnectionState, GrantLevel
 from tests.agents import Agent, free_port, wait_until
-from tests.ssh_control.conftest import clean_attempt_counters, start_worker, wait_status  # noqa: F401
+from tests.ssh_control.conftest import (  # noqa: F401  (fixtures)
+    clean_attempt_counters,
+    start_worker,
+    wait_status,
+)
 
 AUDIT_TIMEOUT_SECONDS = 10
 
