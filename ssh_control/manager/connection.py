@@ -72,11 +72,12 @@ class ManagedConnection:
 
     def _transition(self, to_state: str, event_type: str, reason: str, **fields) -> None:
         from_state, self.state = self.state, to_state
-        publish.status_update(
-            self.instance_id, state=to_state, owner_node=self.manager.node, **fields
-        )
+        # The event first: whoever reads the new state finds the event that led to it.
         publish.event_record(
             self.instance_id, event_type, from_state=from_state, to_state=to_state, reason=reason
+        )
+        publish.status_update(
+            self.instance_id, state=to_state, owner_node=self.manager.node, **fields
         )
         logger.info(
             "state instance=%s from=%s to=%s reason=%s",

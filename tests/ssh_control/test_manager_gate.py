@@ -111,7 +111,11 @@ def test_manager_failure_block_exact_across_two_workers(make_instance, start_wor
     wait_until(_blocked_events(instance).exists, timeout=15, message="block event")
     assert listener.count == 5
     owner = lease_node(instance)
-    assert "due to 5 consecutive failures; retry after" in status_of(instance).last_error
+    wait_until(
+        lambda: "due to 5 consecutive failures; retry after" in status_of(instance).last_error,
+        timeout=5,
+        message="block published",
+    )
 
     # The block holds in the other worker too, and nothing reaches the port.
     refusals = _blocked_events(instance).count()

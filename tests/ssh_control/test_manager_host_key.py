@@ -51,7 +51,7 @@ def test_manager_host_key_swap_refused_until_admin_accepts(
     mismatches = _audited(instance, "fingerprint_mismatch").count()
     start_worker().wait_ready()
     wait_until(lambda: _audited(instance, "fingerprint_mismatch").count() > mismatches, timeout=15)
-    assert status_of(instance).state == ConnectionState.FAILED
+    wait_status(instance, timeout=5, state=ConnectionState.FAILED)
     assert agent.accepted_count() == 1
 
     # Every manual reconnect is refused with 409 until the refusals block the instance.
