@@ -38,6 +38,7 @@ HOP_BY_HOP = {
 }
 RETRY_SECONDS = 5
 UPSTREAM_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+BODY_CHUNK_BYTES = 256 * 1024
 
 
 def own_cookie_names() -> set[str]:
@@ -120,11 +121,14 @@ async def service_proxy(request, instance_id: str, service: str, path: str):
 
 async def _forward(request, url: str, prefix: str, instance_name: str, tunnel):
     client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, follow_redirects=False)
+    headers = upstream_headers(request, prefix)
+    body = _body(request)
+    if body is not None and _content_length(request):
+        # Passed on, so the upstream request is not chunked (simple servers reject that).
+        headers["Content-Length"] = str(_content_length(request))
     try:
         upstream = await client.send(
-            client.build_request(
-                request.method, url, headers=upstream_headers(request, prefix), content=request.body
-            ),
+            client.build_request(request.method, url, headers=headers, content=body),
             stream=True,
         )
     except httpx.HTTPError as exc:
@@ -144,6 +148,27 @@ async def _forward(request, url: str, prefix: str, instance_name: str, tunnel):
     response = StreamingHttpResponse(body(), status=upstream.status_code)
     copy_response_headers(upstream, response, prefix)
     return response
+
+
+def _content_length(request) -> int:
+    length = request.headers.get("Content-Length", "")
+    return int(length) if length.isdigit() else 0
+
+
+def _body(request):
+    """The request body as chunks read from Django's buffered copy, or None without one.
+
+    Read as a stream, not through `request.body`, so an upload to the agent's service is
+    not held to DATA_UPLOAD_MAX_MEMORY_SIZE (the service sets its own limits).
+    """
+    if not _content_length(request) and "Transfer-Encoding" not in request.headers:
+        return None
+
+    async def chunks():
+        while chunk := request.read(BODY_CHUNK_BYTES):
+            yield chunk
+
+    return chunks()
 
 
 def _host(bind_host: str) -> str:

@@ -1,6 +1,7 @@
 """The browser proxy over real tunnels, served by a real ASGI server (uvicorn)."""
 
 import contextlib
+import os
 import socket
 import threading
 
@@ -137,6 +138,23 @@ def test_gateway_proxy_post_from_same_origin_reaches_service(
 
     assert response.status_code == 201 and response.content == b"field=value"
     assert cross.status_code == 403
+
+
+def test_gateway_proxy_upload_over_django_memory_limit_reaches_service(
+    live_web, proxied_instance, tunnels_up
+):
+    session = login(live_web, "viewer")
+    body = os.urandom(4 * 1024 * 1024)  # above DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB)
+
+    response = session.post(
+        f"{live_web}/instances/{proxied_instance.pk}/gateway/upload",
+        data=body,
+        headers={"Origin": live_web, "Content-Type": "application/octet-stream"},
+        timeout=30,
+    )
+
+    assert response.status_code == 201
+    assert response.content == body
 
 
 def test_gateway_proxy_for_user_without_grant_is_404(
