@@ -166,7 +166,7 @@ class ManagedConnection:
         """
         with self.lock:
             connection = self.connection
-            if connection is None or expected not in (None, connection):
+            if connection is None or (expected is not None and expected is not connection):
                 return False
             self.connection = None
             duration = time.monotonic() - self._connected_since

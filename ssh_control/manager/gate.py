@@ -102,14 +102,12 @@ def source_ip_filter(instance: Instance, endpoints: list[Endpoint]) -> list[Endp
         if source_ip_allowed(endpoint.source_ip, instance.allowed_source_ips)
     ]
     if not allowed:
-        source_ip_check(instance, endpoints[0])
+        _source_ip_refuse(instance, endpoints[0])
     return allowed
 
 
-def source_ip_check(instance: Instance, endpoint: Endpoint) -> None:
-    """Refuse (audited) when our source address is not in the instance's allowed list."""
-    if source_ip_allowed(endpoint.source_ip, instance.allowed_source_ips):
-        return
+def _source_ip_refuse(instance: Instance, endpoint: Endpoint) -> None:
+    """Record and raise the refusal of our source address toward `endpoint`."""
     error = SourceIPBlocked(endpoint.source_ip)
     logger.warning("connection refused instance=%s reason=ip_restricted", instance.name)
     event_record(instance.pk, ConnectionEventType.IP_RESTRICTED, reason=error.message)

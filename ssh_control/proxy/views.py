@@ -122,10 +122,11 @@ async def service_proxy(request, instance_id: str, service: str, path: str):
 async def _forward(request, url: str, prefix: str, instance_name: str, tunnel):
     client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, follow_redirects=False)
     headers = upstream_headers(request, prefix)
-    body = _body(request)
-    if body is not None and _content_length(request):
+    length = _content_length(request)
+    body = _body(request, length)
+    if length:
         # Passed on, so the upstream request is not chunked (simple servers reject that).
-        headers["Content-Length"] = str(_content_length(request))
+        headers["Content-Length"] = str(length)
     try:
         upstream = await client.send(
             client.build_request(request.method, url, headers=headers, content=body),
@@ -155,13 +156,13 @@ def _content_length(request) -> int:
     return int(length) if length.isdigit() else 0
 
 
-def _body(request):
+def _body(request, length: int):
     """The request body as chunks read from Django's buffered copy, or None without one.
 
     Read as a stream, not through `request.body`, so an upload to the agent's service is
     not held to DATA_UPLOAD_MAX_MEMORY_SIZE (the service sets its own limits).
     """
-    if not _content_length(request) and "Transfer-Encoding" not in request.headers:
+    if not length and "Transfer-Encoding" not in request.headers:
         return None
 
     async def chunks():

@@ -172,11 +172,13 @@ class InstanceTunnels:
         """Close every listener and publish the tunnels as down with `reason`."""
         self.closed = True
         with self.busy:
-            for listener in list(self.listeners.values()):
-                listener.close()  # idempotent; first, so no database trouble keeps one open
+            listeners, self.listeners = self.listeners, {}
+            # Closed first, so no database trouble keeps one open.
+            for listener in listeners.values():
+                listener.close()
             try:
-                for tunnel_id in list(self.listeners):
-                    self._close_listener(tunnel_id)
+                for tunnel_id, listener in listeners.items():
+                    _add_bytes(tunnel_id, listener.take_bytes())
                 Tunnel.objects.filter(instance_id=self.instance_id).update(
                     status=TunnelStatus.UNHEALTHY, local_port=None, last_error=reason
                 )
@@ -242,8 +244,7 @@ class TunnelSupervisor:
             if tunnels is None or (connection is not None and tunnels.connection is not connection):
                 return
             del self._instances[instance_id]
-        if tunnels is not None:
-            tunnels.shutdown(f"SSH connection down: {reason}")
+        tunnels.shutdown(f"SSH connection down: {reason}")
 
     def tunnels_of(self, instance_id: int) -> InstanceTunnels | None:
         return self._instances.get(instance_id)

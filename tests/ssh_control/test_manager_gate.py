@@ -12,7 +12,7 @@ from ssh_control.choices import ConnectionEventType, ConnectionState
 from ssh_control.exceptions import SSHUnreachable
 from ssh_control.manager.counters import attempt_counters
 from ssh_control.manager.gate import SlotPool, gate_open, source_ip_allowed
-from ssh_control.models import ConnectionEvent
+from ssh_control.models import ConnectionEvent, InstanceLease
 from tests.agents import CountingListener, free_port, wait_until
 from tests.conftest import client_for
 from tests.ssh_control.conftest import lease_node, status_of, wait_status
@@ -254,9 +254,16 @@ def test_manager_global_limit_refuses_connection_past_max(
         timeout=15,
         message="one instance connected",
     )
-    time.sleep(1.5)  # a few lease rounds: the other instance must stay unclaimed
     held = first if status_of(first).state == ConnectionState.CONNECTED else second
     other = second if held is first else first
+    # A renewal of the held lease proves a later lease round ran, and each round claims
+    # after renewing: the other instance stayed unclaimed through it.
+    renewed = InstanceLease.objects.get(instance=held).expires_at
+    wait_until(
+        lambda: InstanceLease.objects.get(instance=held).expires_at > renewed,
+        timeout=10,
+        message="a later lease round",
+    )
     response = client_for(admin_user).post(_url(held, "ssh-test"))
 
     assert lease_node(other) is None
