@@ -109,6 +109,16 @@ def route_source_address(family: int, sockaddr: tuple) -> str:
         probe.close()
 
 
+def _deliver_channel_data(channel, message):
+    """Channel data goes to the channel's sink when it has one (see `SocketDelivery`),
+    otherwise into its buffer, as paramiko does."""
+    sink = channel.__dict__.get("data_sink")
+    if sink is None:
+        paramiko.Channel._feed(channel, message)
+    else:
+        sink(message.get_binary())
+
+
 class _Transport(paramiko.Transport):
     """A client transport whose global requests can be awaited with a deadline.
 
@@ -137,6 +147,7 @@ class _Transport(paramiko.Transport):
         super().__init__(*args, **kwargs)
         self.pending_replies = deque()
         self.request_lock = threading.Lock()
+        self.owed_credit = set()
 
     def _parse_request_success(self, m):
         super()._parse_request_success(m)
@@ -151,6 +162,41 @@ class _Transport(paramiko.Transport):
             self.pending_replies.popleft().set()
         except IndexError:
             logger.debug("unexpected global request reply")
+
+    _channel_handler_table = {
+        **paramiko.Transport._channel_handler_table,
+        paramiko.common.MSG_CHANNEL_DATA: _deliver_channel_data,
+    }
+
+    def send_window_adjust(self, channel, count: int) -> None:
+        """Credit `count` consumed bytes to `channel`'s window, from the transport thread.
+
+        paramiko's own path (`_send_user_message`) waits out a key exchange, which would
+        hang the thread that must finish it; credit due during one stays owed and goes out
+        as soon as the new keys are in use (the agent may have used its whole window by
+        then, so waiting for its next data would wait forever).
+        """
+        ack = channel._check_add_window(count)
+        if not ack:
+            return
+        with self.clear_to_send_lock:
+            if self.clear_to_send.is_set() and self.active:
+                message = paramiko.Message()
+                message.add_byte(paramiko.common.cMSG_CHANNEL_WINDOW_ADJUST)
+                message.add_int(channel.remote_chanid)
+                message.add_int(ack)
+                self._send_message(message)
+                return
+        with channel.lock:
+            channel.in_window_sofar += ack
+        self.owed_credit.add(channel)
+
+    def _parse_newkeys(self, m):
+        super()._parse_newkeys(m)
+        # Only the transport thread touches `owed_credit`, here and above.
+        owed, self.owed_credit = self.owed_credit, set()
+        for channel in owed:
+            self.send_window_adjust(channel, 0)
 
     def send_keepalive(self) -> threading.Event:
         """Send `keepalive@openssh.com` with want-reply; the event is set by the reply."""
@@ -278,6 +324,70 @@ class Connection:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+class SocketDelivery:
+    """Copies a channel's incoming data to a socket, from the transport thread when it can.
+
+    Each chunk the agent sends is written to `sock` at once by the thread that decrypted
+    it (a non-blocking send), so a reply reaches the client without waking another
+    thread. When the socket cannot take a chunk whole, the rest and everything after it
+    queue in the channel's buffer, in order, and `run()` writes them with blocking sends;
+    the window credit for queued bytes is given only once they are written, so a slow
+    client slows the agent down instead of growing a buffer. `count(n)` is told of every
+    byte written. `run()` returns when the agent ends its side (the channel's EOF).
+    """
+
+    def __init__(self, channel, sock: socket.socket, count):
+        self._channel = channel
+        self._sock = sock
+        self._count = count
+        self._lock = threading.Lock()
+        self._direct = False
+        self._closed = False
+        channel.data_sink = self._arrived
+        with self._lock:
+            # Data that came before the sink (a server that speaks first) is queued;
+            # `run()` writes it, then direct delivery begins.
+            self._direct = len(channel.in_buffer) == 0
+
+    def _arrived(self, data: bytes) -> None:
+        # Runs on the transport thread: it must never block on the client.
+        with self._lock:
+            if not self._direct:
+                self._channel.in_buffer.feed(data)
+                return
+            try:
+                sent = self._sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                # The client is gone: queue it, so `run()` meets the error and ends.
+                sent = 0
+            if sent < len(data):
+                self._direct = False
+                self._channel.in_buffer.feed(data[sent:])
+        if sent:
+            self._count(sent)
+            self._channel.transport.send_window_adjust(self._channel, sent)
+
+    def run(self) -> None:
+        """Write queued data until the channel's EOF; raises when the socket fails."""
+        while True:
+            data = self._channel.recv(READ_CHUNK * 8)
+            if not data:
+                return
+            self._sock.sendall(data)
+            self._count(len(data))
+            with self._lock:
+                if not self._closed and len(self._channel.in_buffer) == 0:
+                    self._direct = True
+
+    def detach(self) -> None:
+        """Stop writing to the socket, so it can be closed without a send racing it."""
+        with self._lock:
+            self._closed = True
+            self._direct = False
 
 
 def _read_all(recv, deadline: float) -> bytes:

@@ -11,6 +11,8 @@ import socket
 import threading
 from collections.abc import Callable
 
+from ssh_control import ssh
+
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 1024
@@ -55,6 +57,7 @@ class _Relay:
         self.listener = listener
         self.client = client
         self.channel = channel
+        self.delivery = ssh.SocketDelivery(channel, client, listener.count_bytes)
         self._running = 2
         self._lock = threading.Lock()
         self._closed = False
@@ -83,13 +86,8 @@ class _Relay:
 
     def _pump_to_client(self) -> None:
         try:
-            while True:
-                data = self.channel.recv(CHUNK_BYTES)
-                if not data:
-                    self.client.shutdown(socket.SHUT_WR)
-                    break
-                self.client.sendall(data)
-                self.listener.count_bytes(len(data))
+            self.delivery.run()
+            self.client.shutdown(socket.SHUT_WR)
         except Exception as exc:
             logger.debug("tunnel pump to client ended port=%s error=%s", self.listener.port, exc)
             self.close()
@@ -108,6 +106,7 @@ class _Relay:
             if self._closed:
                 return
             self._closed = True
+        self.delivery.detach()
         for closer in (self._close_client, self.channel.close):
             try:
                 closer()

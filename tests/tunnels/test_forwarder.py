@@ -127,3 +127,79 @@ def test_closed_listener_drops_its_connections(connection, echo_service):
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", listener.port), timeout=1)
     client.close()
+
+
+class SpeakFirstService:
+    """Sends `payload` to each client as soon as it connects, then closes (server first,
+    as a VNC server does), so data can reach the channel before anyone reads it."""
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(self.payload)
+
+    def stop(self):
+        self.sock.close()
+
+
+def test_slow_client_gets_every_byte_in_order_with_bounded_buffering(connection):
+    # Small receive buffer and a client that waits: the transport thread's direct sends
+    # fail, data queues in the channel, and the agent is held back by the window.
+    payload = os.urandom(8 * PAYLOAD_BYTES)
+    service = SpeakFirstService(payload)
+    listener = open_listener(connection, service.port)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", listener.port))
+    client.settimeout(10)
+    try:
+        wait_until(lambda: listener.active_connections == 1, timeout=5)
+        (relay,) = listener._relays
+        window = relay.channel.transport.default_window_size
+        queued = []
+        for _ in range(20):
+            queued.append(len(relay.channel.in_buffer))
+            threading.Event().wait(0.05)
+        received = bytearray()
+        while chunk := client.recv(65536):
+            received += chunk
+    finally:
+        client.close()
+        listener.close()
+        service.stop()
+
+    assert max(queued) > 0  # the slow path was taken
+    assert max(queued) <= window  # the window, not the buffer, held the agent back
+    assert bytes(received) == payload
+
+
+def test_transfer_survives_key_exchange_midway(connection, echo_service):
+    # Window credit due while keys are renegotiated cannot be sent from the transport
+    # thread; it must go out afterwards, or the transfer would stall.
+    listener = open_listener(connection, echo_service.port)
+    payload = os.urandom(16 * PAYLOAD_BYTES)
+    result = {}
+    exchanger = threading.Thread(
+        target=lambda: result.update(echo=exchange(listener.port, payload))
+    )
+    try:
+        exchanger.start()
+        wait_until(lambda: listener.active_connections == 1, timeout=5)
+        for _ in range(3):
+            connection._transport.renegotiate_keys()
+        exchanger.join(timeout=60)
+    finally:
+        listener.close()
+
+    assert not exchanger.is_alive(), "transfer stalled"
+    assert result["echo"] == payload
