@@ -7,6 +7,7 @@ checks all multiplex over its one transport.
 """
 
 import base64
+import errno
 import hashlib
 import io
 import ipaddress
@@ -107,6 +108,57 @@ def route_source_address(family: int, sockaddr: tuple) -> str:
         raise SSHConnectionError(f"no route to {sockaddr[0]}: {exc.strerror}") from None
     finally:
         probe.close()
+
+
+class _Packetizer(paramiko.Packetizer):
+    """paramiko's packetizer, reading ahead from the socket.
+
+    paramiko reads each packet with at least two `recv` calls of exactly the bytes it
+    needs (length, then body and MAC), each a poll and a read on a socket with a
+    timeout, and each a release and re-acquisition of the interpreter lock by the
+    transport thread. Reading what the socket holds, up to READ_AHEAD, serves several
+    packets from one call under load. The timeout and rekey handling are paramiko's.
+    """
+
+    READ_AHEAD = 256 * 1024
+
+    def __init__(self, socket_):
+        super().__init__(socket_)
+        self._socket = socket_
+        self._read_ahead = bytearray()
+
+    def read_all(self, n, check_rekey=False):
+        buffered = self._read_ahead
+        if self._Packetizer__remainder:
+            # What reading the banner line read past it comes first.
+            buffered[:0] = self._Packetizer__remainder
+            self._Packetizer__remainder = b""
+        while len(buffered) < n:
+            if self.handshake_timed_out():
+                raise EOFError()
+            try:
+                chunk = self._socket.recv(max(n - len(buffered), self.READ_AHEAD))
+            except TimeoutError:
+                chunk = None
+            except OSError as exc:
+                if exc.errno != errno.EAGAIN:
+                    if self._Packetizer__closed:
+                        raise EOFError() from None
+                    raise
+                chunk = None
+            if chunk is None:
+                if self._Packetizer__closed:
+                    raise EOFError()
+                if check_rekey and not buffered and self._Packetizer__need_rekey:
+                    raise paramiko.packet.NeedRekeyException()
+                self._check_keepalive()
+            elif not chunk:
+                raise EOFError()
+            else:
+                buffered += chunk
+        out = bytes(buffered[:n])
+        del buffered[:n]
+        return out
 
 
 def _deliver_channel_data(channel, message):
@@ -417,7 +469,9 @@ def connect(
     """
     sock = _open_socket(family, sockaddr, timeout)
     local_address = normalise_ip(sock.getsockname()[0])
-    transport = _Transport(sock, disabled_algorithms=_disabled_algorithms())
+    transport = _Transport(
+        sock, disabled_algorithms=_disabled_algorithms(), packetizer_class=_Packetizer
+    )
     transport.set_log_channel(TRANSPORT_LOGGER)
     transport.banner_timeout = transport.handshake_timeout = transport.auth_timeout = timeout
     if pinned is not None:
@@ -810,7 +864,9 @@ def connect_with_password(
     """
     sock = _open_socket(family, sockaddr, timeout)
     local_address = normalise_ip(sock.getsockname()[0])
-    transport = _Transport(sock, disabled_algorithms=_disabled_algorithms())
+    transport = _Transport(
+        sock, disabled_algorithms=_disabled_algorithms(), packetizer_class=_Packetizer
+    )
     transport.set_log_channel(TRANSPORT_LOGGER)
     transport.banner_timeout = transport.handshake_timeout = transport.auth_timeout = timeout
     if pinned is not None:
