@@ -7,8 +7,10 @@ socket or channel outlives the connection it served.
 """
 
 import logging
+import queue
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from ssh_control import ssh
@@ -17,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 1024
 LISTEN_BACKLOG = 512
+REFUSAL_LOG_SECONDS = 10.0
 
 
 class ConnectionLimiter:
@@ -48,6 +51,61 @@ class ConnectionLimiter:
 
     def refusal(self) -> str:
         return f"the tunnel's connection limit ({self.limit} per {self.scope}) was reached"
+
+
+class _RefusalReporter:
+    """Reports refused connections in batches from one thread, then closes them.
+
+    A refusal is reported (through the listener's `on_refused`) before its connection is
+    closed, so whoever sees the close can look up why. One thread for every listener and
+    one report per listener per batch keep a flood of connections over a cap from
+    becoming a flood of threads and database writes. Beyond `MAX_QUEUED` waiting
+    connections, further ones are closed at once and only counted.
+    """
+
+    MAX_QUEUED = 4096
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def refuse(self, listener: "TunnelListener", client: socket.socket, reason: str) -> None:
+        if self._queue.qsize() >= self.MAX_QUEUED:
+            client.close()
+            return
+        self._queue.put((listener, client, reason))
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, daemon=True, name="tunnel-refusals"
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._report(batch)
+
+    @staticmethod
+    def _report(batch) -> None:
+        counts: dict[TunnelListener, tuple[str, int]] = {}
+        for listener, _, reason in batch:
+            counts[listener] = (reason, counts.get(listener, ("", 0))[1] + 1)
+        try:
+            for listener, (reason, count) in counts.items():
+                listener.report_refusals(reason, count)
+        finally:
+            for _, client, _ in batch:
+                client.close()
+
+
+_refusals = _RefusalReporter()
 
 
 class _Relay:
@@ -127,7 +185,8 @@ class TunnelListener:
 
     `open_channel(port)` opens a `direct-tcpip` channel over the instance's connection.
     Connections beyond either limiter are closed at once, counted in `refused` and reported
-    to `on_refused(reason)` before the close, so whoever sees the close can learn why.
+    to `on_refused(reason, count)` before the close (in batches, from one thread for all
+    listeners), so whoever sees the close can learn why.
     Nothing is written to the refused client: a tunnel may carry any TCP protocol.
     """
 
@@ -152,6 +211,7 @@ class TunnelListener:
         self._bytes = 0
         self._closed = False
         self.refused = 0
+        self._last_refusal_logged = -REFUSAL_LOG_SECONDS
 
         self._sock = socket.socket(
             socket.AF_INET6 if ":" in bind_host else socket.AF_INET, socket.SOCK_STREAM
@@ -192,6 +252,11 @@ class TunnelListener:
                 client, _ = self._sock.accept()
             except OSError:
                 return
+            # The caps are checked here, so a refused connection costs no thread.
+            full = self._acquire_slots()
+            if full is not None:
+                self._refuse(client, full)
+                continue
             threading.Thread(
                 target=self._serve, args=(client,), daemon=True, name="tunnel-relay"
             ).start()
@@ -210,12 +275,8 @@ class TunnelListener:
     def _serve(self, client: socket.socket) -> None:
         if self._closed:
             client.close()
+            self._release_slots()
             return
-        full = self._acquire_slots()
-        if full is not None:
-            self._refuse(client, full)
-            return
-
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             channel = self._open_channel(self.remote_port)
@@ -242,16 +303,24 @@ class TunnelListener:
     def _refuse(self, client: socket.socket, full: ConnectionLimiter) -> None:
         with self._lock:
             self.refused += 1
-        logger.warning("tunnel connection refused tunnel=%s reason=connection limit limit=%s "
-                       "scope=%s", self.label, full.limit, full.scope)  # fmt: skip
+            # One log line per burst, not per connection.
+            quiet = time.monotonic() - self._last_refusal_logged < REFUSAL_LOG_SECONDS
+            if not quiet:
+                self._last_refusal_logged = time.monotonic()
+        if not quiet:
+            logger.warning("tunnel connection refused tunnel=%s reason=connection limit "
+                           "limit=%s scope=%s refused_total=%s",
+                           self.label, full.limit, full.scope, self.refused)  # fmt: skip
+        if self._on_refused is None:
+            client.close()
+        else:
+            _refusals.refuse(self, client, full.refusal())
+
+    def report_refusals(self, reason: str, count: int) -> None:
         try:
-            # Reported before the close, so a client that sees the close finds the reason.
-            if self._on_refused is not None:
-                self._on_refused(full.refusal())
+            self._on_refused(reason, count)
         except Exception:
             logger.exception("tunnel refusal not reported tunnel=%s", self.label)
-        finally:
-            client.close()
 
     def _release_slots(self) -> None:
         for limiter in self._limiters:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
-from django.db import connection as db_connection
 from django.db.models import F
 from django.utils import timezone
 
@@ -191,15 +190,14 @@ def _publish(tunnel_id: int, **fields) -> None:
     Tunnel.objects.filter(pk=tunnel_id).update(**fields)
 
 
-def _publish_refusal(tunnel_id: int, reason: str) -> None:
-    """Count a connection refused over a cap on the row, where the browser proxy reads it."""
-    try:
-        Tunnel.objects.filter(pk=tunnel_id).update(
-            refused_count=F("refused_count") + 1, last_refusal=reason
-        )
-    finally:
-        # Runs on the refused connection's own thread, which ends right after.
-        db_connection.close()
+def _publish_refusal(tunnel_id: int, reason: str, count: int) -> None:
+    """Count connections refused over a cap on the row, where the browser proxy reads it."""
+    # Runs on the forwarder's long-lived refusal thread: a connection broken since the
+    # last batch (the database restarted) is replaced, not used.
+    close_old_connections()
+    Tunnel.objects.filter(pk=tunnel_id).update(
+        refused_count=F("refused_count") + count, last_refusal=reason
+    )
 
 
 def _add_bytes(tunnel_id: int, count: int) -> None:

@@ -3,6 +3,7 @@
 import os
 import socket
 import threading
+import time
 
 import pytest
 
@@ -71,7 +72,9 @@ def test_tunnel_over_connection_limit_refuses_extra_clients(connection, echo_ser
 
 def test_tunnel_over_connection_limit_reports_reason_before_closing(connection, echo_service):
     reasons = []
-    listener = open_listener(connection, echo_service.port, limit=1, on_refused=reasons.append)
+    listener = open_listener(
+        connection, echo_service.port, limit=1, on_refused=lambda r, n: reasons.extend([r] * n)
+    )
     held = socket.create_connection(("127.0.0.1", listener.port))
     try:
         held.sendall(b"x")
@@ -84,6 +87,40 @@ def test_tunnel_over_connection_limit_reports_reason_before_closing(connection, 
     finally:
         held.close()
         listener.close()
+
+
+def test_refusal_flood_costs_no_thread_per_connection_and_is_reported_in_batches(
+    connection, echo_service
+):
+    reports = []
+    first_report = threading.Event()
+
+    def on_refused(reason, count):
+        reports.append(count)
+        first_report.set()
+        time.sleep(0.2)  # a slow database: the refusals behind it pile into one batch
+
+    listener = open_listener(connection, echo_service.port, limit=1, on_refused=on_refused)
+    held = socket.create_connection(("127.0.0.1", listener.port))
+    held.sendall(b"x")
+    assert held.recv(1) == b"x"
+    threads_before = threading.active_count()
+    try:
+        flood = [socket.create_connection(("127.0.0.1", listener.port)) for _ in range(1)]
+        first_report.wait(5)
+        flood += [socket.create_connection(("127.0.0.1", listener.port)) for _ in range(199)]
+        peak_threads = threading.active_count()
+        for client in flood:
+            client.settimeout(5)
+            assert client.recv(1) == b""
+            client.close()
+    finally:
+        held.close()
+        listener.close()
+
+    assert peak_threads <= threads_before + 1  # the reporter, at most
+    assert sum(reports) == 200 and listener.refused == 200
+    assert len(reports) < 20
 
 
 def open_fds() -> int:
