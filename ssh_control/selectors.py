@@ -36,6 +36,8 @@ def tunnel_view(tunnel: Tunnel) -> dict:
         "last_check": tunnel.last_check_at,
         "last_error": tunnel.last_error,
         "bytes_transferred": tunnel.bytes_transferred,
+        "refused_count": tunnel.refused_count,
+        "last_refusal": tunnel.last_refusal,
     }
 
 

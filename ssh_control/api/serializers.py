@@ -108,6 +108,10 @@ class TunnelSerializer(serializers.Serializer):
     last_check = serializers.DateTimeField(allow_null=True)
     last_error = serializers.CharField()
     bytes_transferred = serializers.IntegerField()
+    refused_count = serializers.IntegerField(
+        help_text="Connections refused over the per-instance or per-worker cap."
+    )
+    last_refusal = serializers.CharField(help_text="Why the last one was refused.")
 
 
 class CustomTunnelSerializer(serializers.Serializer):

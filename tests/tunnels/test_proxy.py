@@ -251,3 +251,7 @@ def test_gateway_proxy_over_connection_limit_names_the_limit(
 
     assert response.status_code == 503
     assert "connection limit (1 per instance) was reached" in response.text
+    listed = session.get(f"{live_web}/api/v1/instances/{proxied_instance.pk}/tunnels", timeout=10)
+    (shown,) = [tunnel for tunnel in listed.json() if tunnel["service"] == "gateway"]
+    assert shown["refused_count"] >= 1
+    assert shown["last_refusal"] == "the tunnel's connection limit (1 per instance) was reached"
