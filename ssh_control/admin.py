@@ -3,6 +3,7 @@
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
@@ -357,6 +358,15 @@ class TunnelAdmin(admin.ModelAdmin):
         if obj is not None and obj.service != TunnelService.CUSTOM:
             return False
         return super().has_delete_permission(request, obj)
+
+    def add_view(self, request, form_url="", extra_context=None):
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except ValidationError as exc:
+            # The form checked the name, but another admin took it before the save; the
+            # add was rolled back with the view's transaction.
+            self.message_user(request, "; ".join(exc.messages), level=messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
     def save_model(self, request, obj, form, change):
         # Through the service, so the admin's additions are audited like the API's.

@@ -138,6 +138,31 @@ def test_custom_tunnel_added_in_admin_with_taken_name_shows_error(admin_browser,
     assert Tunnel.objects.get(instance=instance, name="metrics").remote_port == 9100
 
 
+def test_custom_tunnel_name_taken_between_check_and_save_shows_error(
+    admin_browser, instance, monkeypatch
+):
+    # Another admin adds the same name after this form's check passed.
+    create = tunnel_create_custom
+
+    def racing_create(target, **fields):
+        create(target, name=fields["name"], remote_port=9100, actor="other-admin")
+        return create(target, **fields)
+
+    monkeypatch.setattr("ssh_control.admin.tunnel_services.tunnel_create_custom", racing_create)
+    response = admin_browser.post(
+        f"{TUNNEL_ADMIN}add/",
+        {"instance": instance.pk, "name": "metrics", "remote_port": 9200},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    assert b"custom tunnel named &#x27;metrics&#x27; already exists" in response.content
+    # Nothing of this request's add is left (the view's transaction was rolled back).
+    assert not Tunnel.objects.filter(instance=instance, remote_port=9200).exists()
+    assert audit_flush()
+    assert not AuditEntry.objects.filter(event_type="tunnel_created", username="root-admin")
+
+
 @pytest.mark.parametrize("bulk", [False, True], ids=["delete-view", "bulk-action"])
 def test_custom_tunnel_deleted_in_admin_is_audited(admin_browser, instance, bulk):
     tunnel = tunnel_create_custom(instance, name="metrics", remote_port=9100, actor="pytest")
