@@ -1,7 +1,9 @@
 """ASGI entry point: Django for HTTP, Channels for WebSocket routes.
 
-WebSocket connections must come from an allowed host's page (Origin check) and carry the
-same session cookie as the HTTP side.
+WebSocket connections open only on an allowed host and from that same origin's pages
+(clients that are not browsers send no Origin), and carry the same session cookie as the
+HTTP side.
+On an instance's proxy host (CLAWORC_PROXY_DOMAIN) only that instance's proxy sockets open.
 """
 
 import os
@@ -13,8 +15,9 @@ django_application = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from claworc.authentication import SameOriginWebSocketValidator  # noqa: E402
+from ssh_control.proxy.origins import InstanceOriginWebSocketGuard  # noqa: E402
 from ssh_control.proxy.urls import websocket_urlpatterns as proxy_websockets  # noqa: E402
 from ssh_control.remote.routing import websocket_urlpatterns as remote_websockets  # noqa: E402
 
@@ -23,8 +26,8 @@ websocket_urlpatterns = [*proxy_websockets, *remote_websockets]
 application = ProtocolTypeRouter(
     {
         "http": django_application,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        "websocket": SameOriginWebSocketValidator(
+            InstanceOriginWebSocketGuard(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
         ),
     }
 )

@@ -6,10 +6,12 @@ project runs on its embedded default: SQLite and a file-system broker in the dat
 """
 
 import os
+import re
 import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from claworc.env import env_bool, env_int, env_ip, env_networks, env_seconds, env_str
 
@@ -66,6 +68,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "ssh_control.proxy.origins.InstanceOriginMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -104,8 +107,6 @@ if DATABASE_URL:
             "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
         }
     except Exception as exc:
-        from django.core.exceptions import ImproperlyConfigured
-
         raise ImproperlyConfigured(f"DATABASE_URL is not a usable database URL: {exc}") from None
 else:
     DATABASES = {
@@ -254,6 +255,17 @@ CLAWORC_TUNNEL_PROBE_TIMEOUT_SECONDS = env_seconds("CLAWORC_TUNNEL_PROBE_TIMEOUT
 CLAWORC_TUNNEL_MAX_BACKOFF_SECONDS = env_seconds("CLAWORC_TUNNEL_MAX_BACKOFF_SECONDS", 60)
 CLAWORC_TUNNEL_BIND_HOST = env_ip("CLAWORC_TUNNEL_BIND_HOST", "127.0.0.1")
 CLAWORC_TUNNEL_BASE_BACKOFF_SECONDS = env_seconds("CLAWORC_TUNNEL_BASE_BACKOFF_SECONDS", 1)
+# Each instance's browser proxy on its own origin, `<id>.<domain>` (see
+# ssh_control/proxy/origins.py); empty serves it on the control plane's origin.
+CLAWORC_PROXY_DOMAIN = env_str("CLAWORC_PROXY_DOMAIN", "").strip().lower().rstrip(".")
+if CLAWORC_PROXY_DOMAIN:
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*",
+                        CLAWORC_PROXY_DOMAIN):  # fmt: skip
+        raise ImproperlyConfigured(
+            f"CLAWORC_PROXY_DOMAIN={CLAWORC_PROXY_DOMAIN!r} is not a DNS name "
+            "(give the bare domain, such as agents.example.com: no scheme, port or path)"
+        )
+    ALLOWED_HOSTS.append(f".{CLAWORC_PROXY_DOMAIN}")
 # Forwarded connections at once, per instance and per SSH worker; more are refused.
 CLAWORC_TUNNEL_MAX_CONNECTIONS_PER_INSTANCE = env_int(
     "CLAWORC_TUNNEL_MAX_CONNECTIONS_PER_INSTANCE", 256, minimum=1

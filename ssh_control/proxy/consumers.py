@@ -9,6 +9,7 @@ from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from ssh_control.exceptions import TunnelNotFound
+from ssh_control.proxy import origins
 from ssh_control.proxy.access import ProxyNotAllowed, proxy_target
 from ssh_control.proxy.views import strip_own_cookies
 from ssh_control.tunnels.services import tunnel_refusal_since
@@ -29,6 +30,13 @@ class ServiceProxyConsumer(AsyncWebsocketConsumer):
         user = self.scope.get("user")
         kwargs = self.scope["url_route"]["kwargs"]
         if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        host = dict(self.scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+        if origins.proxy_domain() and origins.host_instance_id(host) != int(kwargs["instance_id"]):
+            # Each instance's proxy has an origin of its own; the control plane's does not
+            # carry it. (The page's origin is checked in claworc.asgi.)
+            logger.info("websocket proxy refused reason=not the instance's origin host=%s", host)
             await self.close(code=CLOSE_FORBIDDEN)
             return
         try:

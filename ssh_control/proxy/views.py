@@ -12,12 +12,13 @@ import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
-from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
 from claworc.authentication import SAFE_METHODS, is_cross_origin
 from ssh_control.exceptions import TunnelNotFound
+from ssh_control.proxy import origins
 from ssh_control.proxy.access import ProxyNotAllowed, proxy_target
 from ssh_control.tunnels.services import tunnel_refusal_since
 
@@ -99,8 +100,16 @@ def unavailable(request, instance_name: str, error: str) -> HttpResponse:
 
 @csrf_exempt
 async def service_proxy(request, instance_id: str, service: str, path: str):
+    # With a proxy domain, InstanceOriginMiddleware has already kept other instances'
+    # paths off this instance's host.
+    on_instance_host = origins.host_instance_id(request.get_host()) is not None
     user = await request.auser()
     if not user.is_authenticated:
+        if on_instance_host:
+            return origins.refused_here(
+                "not logged in on this address; open the instance's page from the control plane",
+                403,
+            )
         return redirect_to_login(request.get_full_path())
     if request.method not in SAFE_METHODS and is_cross_origin(request):
         return HttpResponse("cross-origin request refused", status=403)
@@ -110,13 +119,32 @@ async def service_proxy(request, instance_id: str, service: str, path: str):
     except ProxyNotAllowed:
         raise Http404("No such instance") from None
     except TunnelNotFound as exc:
-        return unavailable(request, exc.instance_name, exc.message)
+        tunnel, down = None, exc
+    if origins.proxy_domain() and not on_instance_host:
+        return _to_instance_origin(request, int(instance_id))
+    if tunnel is None:
+        return unavailable(request, down.instance_name, down.message)
 
     prefix = f"/instances/{instance_id}/{service}/"
     url = f"http://{_host(tunnel.bind_host)}:{tunnel.local_port}/{quote(path, safe='/%')}"
     if request.META.get("QUERY_STRING"):
         url += "?" + request.META["QUERY_STRING"]
     return await _forward(request, url, prefix, instance.name, tunnel)
+
+
+def _to_instance_origin(request, instance_id: int) -> HttpResponse:
+    """The control plane's origin sends the browser on to the instance's own origin (a
+    down tunnel's page is shown there). A browser keeps no Origin across that redirect,
+    so only navigations (GET, HEAD) are sent on; the agent's forms post to its origin."""
+    if request.method not in ("GET", "HEAD"):
+        return origins.refused_here(
+            f"this instance's pages are served at {origins.instance_origin(request, instance_id)}"
+            f"{request.path}; send the request there",
+            403,
+        )
+    response = HttpResponseRedirect(origins.handover_url(request, instance_id))
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 async def _forward(request, url: str, prefix: str, instance_name: str, tunnel):

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from types import SimpleNamespace
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -20,6 +20,7 @@ from django.db import connections
 from django.http.request import HttpHeaders
 
 from audit import context
+from claworc.authentication import websocket_origin_allowed
 from ssh_control.access import has_level, visible_instances
 from ssh_control.choices import GrantLevel
 from ssh_control.exceptions import ClaworcError
@@ -40,19 +41,6 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED, CLOSE_FORBIDDEN, CLOSE_NOT_FOUND = 4401, 4403, 4404
 CLOSE_MESSAGE_TOO_BIG = 1009
 MAX_DIMENSION = 1000
-
-
-def origin_allowed(scope) -> bool:
-    """A browser's Origin must be this host (or a trusted origin); non-browsers send none."""
-    headers = dict(scope.get("headers", []))
-    origin = headers.get(b"origin", b"").decode("latin-1")
-    if not origin:
-        return True
-    if origin in settings.CSRF_TRUSTED_ORIGINS:
-        return True
-    host = headers.get(b"host", b"").decode("latin-1").lower()
-    parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and parts.netloc.lower() == host
 
 
 def scope_client_ip(scope) -> str | None:
@@ -113,7 +101,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     async def connect(self):
         user = self.scope.get("user")
-        if not origin_allowed(self.scope):
+        if not websocket_origin_allowed(self.scope):
             logger.warning("terminal refused reason=origin")
             await self.close(code=CLOSE_FORBIDDEN)
             return

@@ -89,6 +89,8 @@ def test_float_seconds_are_accepted(tmp_path):
         ("CLAWORC_SSH_RECONNECT_MAX_RETRIES", "ten"),
         ("CLAWORC_TRUSTED_PROXIES", "10.0.0.1,not-a-network"),
         ("CLAWORC_TUNNEL_BIND_HOST", "localhost"),
+        ("CLAWORC_PROXY_DOMAIN", "https://agents.example.com"),
+        ("CLAWORC_PROXY_DOMAIN", "agents.example.com:8443"),
         ("DATABASE_URL", "nosuchscheme://x"),
     ],
 )

@@ -1,13 +1,20 @@
 """Agents with web services behind them, and SSH connections to them, for tunnel tests."""
 
+import contextlib
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
+import uvicorn
+from websockets.sync.server import serve as ws_serve
 
 from ssh_control import keys, ssh
-from tests.agents import Agent
+from ssh_control.choices import TunnelStatus
+from ssh_control.tunnels.supervisor import TunnelSupervisor
+from tests.agents import Agent, free_port, wait_until
+from tests.conftest import PASSWORD
 from tests.ssh_control.conftest import (  # noqa: F401  (fixtures for the worker tests)
     clean_attempt_counters,
     make_agent,
@@ -135,3 +142,91 @@ def connection(tunnel_instance, agent):
     opened = connect(tunnel_instance, agent)
     yield opened
     opened.close()
+
+
+# The browser proxy's tests: the ASGI app served for real, tunnels kept by a supervisor.
+
+
+@pytest.fixture
+def live_web(transactional_db):
+    """claworc.asgi served by uvicorn in a thread of the test process."""
+    from claworc.asgi import application
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            application, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout=10, message="uvicorn started")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def ws_echo_service():
+    """A WebSocket service standing in for the agent's noVNC (websockify)."""
+
+    def echo(websocket):
+        for message in websocket:
+            websocket.send(message)
+
+    server = ws_serve(echo, "127.0.0.1", 0, subprotocols=["binary"])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.socket.getsockname()[1]
+    server.shutdown()
+
+
+@pytest.fixture
+def proxied_instance(make_instance, agent, http_service, ws_echo_service, viewer, settings):
+    settings.CLAWORC_TUNNEL_MONITOR_INTERVAL_SECONDS = 0.5
+    instance = make_instance(
+        "proxy-1",
+        ssh_port=agent.port,
+        vnc_port=ws_echo_service,
+        gateway_port=http_service.port,
+        grants=[{"user": viewer, "level": "view"}],
+    )
+    agent.authorize(instance.ssh_public_key)
+    return instance
+
+
+@contextlib.contextmanager
+def running_tunnels(instance, agent):
+    from tests.tunnels.test_supervisor import wait_for_status
+
+    connection = connect(instance, agent)
+    supervisor = TunnelSupervisor()
+    supervisor.attach(instance.pk, connection)
+    try:
+        wait_for_status(instance, "gateway", TunnelStatus.ACTIVE)
+        wait_for_status(instance, "vnc", TunnelStatus.ACTIVE)
+        yield supervisor
+    finally:
+        supervisor.stop()
+        connection.close()
+
+
+@pytest.fixture
+def tunnels_up(proxied_instance, agent):
+    with running_tunnels(proxied_instance, agent) as supervisor:
+        yield supervisor
+
+
+@pytest.fixture
+def one_connection_tunnels_up(proxied_instance, agent, settings):
+    settings.CLAWORC_TUNNEL_MAX_CONNECTIONS_PER_INSTANCE = 1
+    with running_tunnels(proxied_instance, agent) as supervisor:
+        yield supervisor
+
+
+def login(base: str, username: str) -> requests.Session:
+    session = requests.Session()
+    response = session.post(
+        f"{base}/api/v1/auth/login", json={"username": username, "password": PASSWORD}, timeout=5
+    )
+    assert response.status_code == 200
+    return session
