@@ -240,3 +240,12 @@ def test_vnc_websocket_relays_on_instance_origin_only(
         with pytest.raises(InvalidStatus) as refused:
             instance_socket(live_web, socket_host, path, cookie=key, origin=origin)
         assert refused.value.response.status_code == 403, (socket_host, path, origin)
+
+
+def test_deploy_check_warns_until_proxy_domain_is_set(settings):
+    from ssh_control.checks import check_proxy_domain
+
+    settings.CLAWORC_PROXY_DOMAIN = ""
+    assert [warning.id for warning in check_proxy_domain(None)] == ["claworc.W001"]
+    settings.CLAWORC_PROXY_DOMAIN = DOMAIN
+    assert check_proxy_domain(None) == []
