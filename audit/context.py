@@ -94,6 +94,11 @@ def _is_trusted(address) -> bool:
     return any(address in network for network in settings.CLAWORC_TRUSTED_PROXIES)
 
 
+def peer_is_trusted_proxy(request) -> bool:
+    peer = _parse_ip(request.META.get("REMOTE_ADDR"))
+    return peer is not None and _is_trusted(peer)
+
+
 def client_ip(request) -> str | None:
     """The TCP peer, or what a trusted proxy in front of it says the client was.
 

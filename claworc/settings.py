@@ -67,6 +67,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "claworc.middleware.TrustedProxySchemeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "ssh_control.proxy.origins.InstanceOriginMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -281,6 +282,8 @@ CLAWORC_KEY_ENCRYPTION_SECRET = _persistent_secret(
     "CLAWORC_KEY_ENCRYPTION_SECRET", "key-encryption-secret"
 )
 CLAWORC_TRUSTED_PROXIES = env_networks("CLAWORC_TRUSTED_PROXIES")
+# Set by claworc.middleware.TrustedProxySchemeMiddleware from trusted proxies only.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_CLAWORC_FORWARDED_PROTO", "https")
 CLAWORC_SSH_KEY_DIR = DATA_DIR / "ssh-keys"
 
 # Beat schedule; the SSH issues add their sweeps here.

@@ -1,5 +1,7 @@
 """Login, logout and the session cookie, including the CSRF rules for browsers and curl."""
 
+import ipaddress
+
 import pytest
 from django.test import Client
 
@@ -207,6 +209,38 @@ def test_browser_post_from_same_origin_is_accepted(session_token, make_instance)
     )
 
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "status"),
+    [
+        # A TLS-terminating proxy in CLAWORC_TRUSTED_PROXIES: its https is believed.
+        ("10.9.0.2", {"X-Forwarded-Proto": "https"}, 200),
+        # Anyone else cannot make plain HTTP look like HTTPS, by either header.
+        ("203.0.113.7", {"X-Forwarded-Proto": "https"}, 403),
+        ("203.0.113.7", {"X-Claworc-Forwarded-Proto": "https"}, 403),
+    ],
+    ids=["trusted-proxy", "untrusted-peer", "forged-internal-header"],
+)
+def test_https_origin_behind_tls_proxy_is_same_origin_only_from_trusted_proxy(
+    session_token, make_instance, settings, peer, headers, status
+):
+    settings.CLAWORC_TRUSTED_PROXIES = [ipaddress.ip_network("10.9.0.0/24")]
+    instance = make_instance("agent-tls")
+
+    response = Client(enforce_csrf_checks=True, REMOTE_ADDR=peer).put(
+        f"/api/v1/instances/{instance.pk}/ssh-allowed-ips",
+        {"allowed_ips": "10.0.0.7"},
+        content_type="application/json",
+        headers={
+            "Cookie": f"session={session_token}",
+            "Host": "testserver",
+            "Origin": "https://testserver",
+            **headers,
+        },  # fmt: skip
+    )
+
+    assert response.status_code == status, response.content
 
 
 def test_cross_origin_login_is_refused(admin_user):
