@@ -1,6 +1,10 @@
 """Fixtures shared by the whole suite: users at each access level and API clients."""
 
+import threading
+
 import pytest
+import requests
+import uvicorn
 from django.contrib.auth import get_user_model
 from django.db import connection
 from rest_framework.test import APIClient
@@ -98,3 +102,32 @@ def client_for(user) -> APIClient:
 @pytest.fixture
 def admin_client(admin_user):
     return client_for(admin_user)
+
+
+@pytest.fixture
+def live_web(transactional_db):
+    """claworc.asgi served by uvicorn in a thread of the test process, as in production."""
+    from claworc.asgi import application
+    from tests.agents import free_port, wait_until
+
+    port = free_port()
+    config = uvicorn.Config(
+        application, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="live-web", daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout=10, message="uvicorn started")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def login(base: str, username: str) -> requests.Session:
+    """A session logged in through the API on the live server, as `curl` or a browser."""
+    session = requests.Session()
+    response = session.post(
+        f"{base}/api/v1/auth/login", json={"username": username, "password": PASSWORD}, timeout=5
+    )
+    assert response.status_code == 200
+    return session

@@ -12,7 +12,7 @@ from audit.services import audit_flush
 from audit.testing import audit_writes_isolated  # noqa: F401  (autouse fixture)
 from ssh_control import keys, ssh
 from ssh_control.choices import ConnectionState, GrantLevel
-from tests.agents import Agent, free_port, wait_until
+from tests.agents import Agent, wait_until
 from tests.ssh_control.conftest import (  # noqa: F401  (fixtures)
     clean_attempt_counters,
     start_worker,
@@ -108,25 +108,3 @@ def audit_entries(instance, event_type: str, *, count: int = 1) -> list:
         return entries if len(entries) >= count else None
 
     return wait_until(found, timeout=AUDIT_TIMEOUT_SECONDS, message=f"{count} {event_type}")
-
-
-@pytest.fixture
-def live_web(transactional_db):
-    """claworc.asgi served by uvicorn in a thread of the test process, as in production."""
-    import threading
-
-    import uvicorn
-
-    from claworc.asgi import application
-
-    port = free_port()
-    config = uvicorn.Config(
-        application, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="live-web", daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout=10, message="uvicorn started")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)

@@ -5,27 +5,17 @@ import os
 import time
 
 import pytest
-import requests
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import PASSWORD
+from tests.conftest import login
 from tests.remote.conftest import audit_entries
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def _login(base: str, username: str) -> requests.Session:
-    session = requests.Session()
-    response = session.post(
-        f"{base}/api/v1/auth/login", json={"username": username, "password": PASSWORD}, timeout=5
-    )
-    assert response.status_code == 200
-    return session
-
-
 def test_live_upload_and_streamed_download_byte_exact(live_web, owned_instance, tmp_path):
     instance, _ = owned_instance
-    session = _login(live_web, "operator")
+    session = login(live_web, "operator")
     url = f"{live_web}/api/v1/instances/{instance.pk}/files/content"
     data = os.urandom(5 * 1024 * 1024)
     target = tmp_path / "live.bin"
@@ -51,7 +41,7 @@ def test_live_download_abandoned_mid_stream_audited_as_cut_short(
     live_web, owned_instance, tmp_path
 ):
     instance, _ = owned_instance
-    session = _login(live_web, "operator")
+    session = login(live_web, "operator")
     target = tmp_path / "big.bin"
     target.write_bytes(os.urandom(20 * 1024 * 1024))
     url = f"{live_web}/api/v1/instances/{instance.pk}/files/content"
@@ -70,7 +60,7 @@ def test_live_download_abandoned_mid_stream_audited_as_cut_short(
 
 def test_live_terminal_websocket_runs_command(live_web, owned_instance):
     instance, _ = owned_instance
-    session = _login(live_web, "operator")
+    session = login(live_web, "operator")
     socket_url = f"{live_web.replace('http', 'ws')}/api/v1/instances/{instance.pk}/terminal"
 
     with ws_connect(

@@ -6,15 +6,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import requests
-import uvicorn
 from websockets.sync.server import serve as ws_serve
 
 from ssh_control import keys, ssh
 from ssh_control.choices import TunnelStatus
 from ssh_control.tunnels.supervisor import TunnelSupervisor
-from tests.agents import Agent, free_port, wait_until
-from tests.conftest import PASSWORD
+from tests.agents import Agent
 from tests.ssh_control.conftest import (  # noqa: F401  (fixtures for the worker tests)
     clean_attempt_counters,
     make_agent,
@@ -22,8 +19,8 @@ from tests.ssh_control.conftest import (  # noqa: F401  (fixtures for the worker
 )
 
 
-class EchoService:
-    """A TCP service on the agent that sends back every byte it receives."""
+class TcpService:
+    """A TCP service on the agent; each client is served by `handle(conn)` on a thread."""
 
     def __init__(self, port: int = 0):
         self.sock = socket.socket()
@@ -39,13 +36,14 @@ class EchoService:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._handle_closing, args=(conn,), daemon=True).start()
 
-    @staticmethod
-    def _echo(conn):
+    def _handle_closing(self, conn):
         with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
+            self.handle(conn)
+
+    def handle(self, conn):
+        raise NotImplementedError
 
     def stop(self):
         try:
@@ -53,6 +51,14 @@ class EchoService:
         except OSError:
             pass
         self.sock.close()
+
+
+class EchoService(TcpService):
+    """Sends back every byte it receives."""
+
+    def handle(self, conn):
+        while data := conn.recv(65536):
+            conn.sendall(data)
 
 
 class _PageHandler(BaseHTTPRequestHandler):
@@ -126,11 +132,18 @@ def connect(instance, agent) -> ssh.Connection:
 
 @pytest.fixture
 def tunnel_instance(make_instance, agent, echo_service, http_service, viewer, stranger):
+    return instance_on_agent(
+        make_instance, agent, "tunnel-1", echo_service.port, http_service.port, viewer
+    )
+
+
+def instance_on_agent(make_instance, agent, name, vnc_port, gateway_port, viewer):
+    """An instance on `agent` with its services at these ports, viewable by `viewer`."""
     instance = make_instance(
-        "tunnel-1",
+        name,
         ssh_port=agent.port,
-        vnc_port=echo_service.port,
-        gateway_port=http_service.port,
+        vnc_port=vnc_port,
+        gateway_port=gateway_port,
         grants=[{"user": viewer, "level": "view"}],
     )
     agent.authorize(instance.ssh_public_key)
@@ -145,25 +158,6 @@ def connection(tunnel_instance, agent):
 
 
 # The browser proxy's tests: the ASGI app served for real, tunnels kept by a supervisor.
-
-
-@pytest.fixture
-def live_web(transactional_db):
-    """claworc.asgi served by uvicorn in a thread of the test process."""
-    from claworc.asgi import application
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            application, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout=10, message="uvicorn started")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -183,15 +177,9 @@ def ws_echo_service():
 @pytest.fixture
 def proxied_instance(make_instance, agent, http_service, ws_echo_service, viewer, settings):
     settings.CLAWORC_TUNNEL_MONITOR_INTERVAL_SECONDS = 0.5
-    instance = make_instance(
-        "proxy-1",
-        ssh_port=agent.port,
-        vnc_port=ws_echo_service,
-        gateway_port=http_service.port,
-        grants=[{"user": viewer, "level": "view"}],
+    return instance_on_agent(
+        make_instance, agent, "proxy-1", ws_echo_service, http_service.port, viewer
     )
-    agent.authorize(instance.ssh_public_key)
-    return instance
 
 
 @contextlib.contextmanager
@@ -221,12 +209,3 @@ def one_connection_tunnels_up(proxied_instance, agent, settings):
     settings.CLAWORC_TUNNEL_MAX_CONNECTIONS_PER_INSTANCE = 1
     with running_tunnels(proxied_instance, agent) as supervisor:
         yield supervisor
-
-
-def login(base: str, username: str) -> requests.Session:
-    session = requests.Session()
-    response = session.post(
-        f"{base}/api/v1/auth/login", json={"username": username, "password": PASSWORD}, timeout=5
-    )
-    assert response.status_code == 200
-    return session

@@ -9,6 +9,7 @@ import pytest
 
 from ssh_control.tunnels.forwarder import ConnectionLimiter, TunnelListener
 from tests.agents import wait_until
+from tests.tunnels.conftest import TcpService
 
 PAYLOAD_BYTES = 1024 * 1024
 
@@ -166,27 +167,16 @@ def test_closed_listener_drops_its_connections(connection, echo_service):
     client.close()
 
 
-class SpeakFirstService:
+class SpeakFirstService(TcpService):
     """Sends `payload` to each client as soon as it connects, then closes (server first,
     as a VNC server does), so data can reach the channel before anyone reads it."""
 
     def __init__(self, payload: bytes):
         self.payload = payload
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(self.payload)
-
-    def stop(self):
-        self.sock.close()
+    def handle(self, conn):
+        conn.sendall(self.payload)
 
 
 def test_slow_client_gets_every_byte_in_order_with_bounded_buffering(connection):

@@ -9,7 +9,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from ssh_control.choices import TunnelStatus
-from tests.tunnels.conftest import login
+from tests.conftest import login
 from tests.tunnels.test_supervisor import wait_for_status
 
 

@@ -16,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from ssh_control.proxy import origins
-from tests.tunnels.conftest import login
+from tests.conftest import login
 
 DOMAIN = "agents.test"
 
