@@ -397,6 +397,9 @@ class SocketDelivery:
         self._lock = threading.Lock()
         self._direct = False
         self._closed = False
+        # Without a timeout: on a socket with one, CPython polls before each send, which
+        # would let a full client stall the transport thread despite MSG_DONTWAIT.
+        sock.settimeout(None)
         channel.data_sink = self._arrived
         with self._lock:
             # Data that came before the sink (a server that speaks first) is queued;
