@@ -120,7 +120,9 @@ class _Packetizer(paramiko.Packetizer):
     packets from one call under load. The timeout and rekey handling are paramiko's.
     """
 
-    READ_AHEAD = 256 * 1024
+    # Each call allocates this much before the read; larger measured no faster in bulk
+    # and slower at 32 concurrent requests (256 KiB: 7,500-8,900 rps, 16 KiB: 8,100-10,500).
+    READ_AHEAD = 16 * 1024
 
     def __init__(self, socket_):
         super().__init__(socket_)
