@@ -87,8 +87,12 @@ class ServiceProxyConsumer(AsyncWebsocketConsumer):
                     await self.send(text_data=message)
         except websockets.ConnectionClosed:
             pass
-        finally:
-            await self.close()
+        except OSError as exc:
+            # The browser went away mid-stream (the server reports it as an OSError);
+            # `disconnect` closes the agent's side.
+            logger.debug("websocket proxy browser gone error=%r", exc)
+            return
+        await self.close()
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.upstream is None:

@@ -1,5 +1,6 @@
 """The browser proxy over real tunnels, served by a real ASGI server (uvicorn)."""
 
+import asyncio
 import os
 import socket
 
@@ -164,3 +165,31 @@ def test_gateway_proxy_over_connection_limit_names_the_limit(
     (shown,) = [tunnel for tunnel in listed.json() if tunnel["service"] == "gateway"]
     assert shown["refused_count"] >= 1
     assert shown["last_refusal"] == "the tunnel's connection limit (1 per instance) was reached"
+
+
+def test_vnc_relay_ends_quietly_when_browser_is_gone_mid_stream():
+    # uvicorn raises ClientDisconnected (an OSError) from send() once the browser has
+    # left; the relay task must end instead of dying with an unretrieved exception.
+    from ssh_control.proxy.consumers import ServiceProxyConsumer
+
+    class Upstream:
+        async def __aiter__(self):
+            for frame in (b"frame", "text"):
+                yield frame
+
+    consumer = ServiceProxyConsumer()
+    consumer.upstream = Upstream()
+    sent, closed = [], []
+
+    async def send(**frame):
+        sent.append(frame)
+        raise OSError("client disconnected")
+
+    async def close(code=None):
+        closed.append(code)
+
+    consumer.send, consumer.close = send, close
+    asyncio.run(consumer._relay_to_browser())
+
+    assert sent == [{"bytes_data": b"frame"}]  # nothing more was tried
+    assert closed == []  # the browser is gone; disconnect() closes the agent's side
