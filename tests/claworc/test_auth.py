@@ -254,3 +254,38 @@ def test_cross_origin_get_is_allowed_since_it_changes_nothing(session_token):
     response = curl("get", "/api/v1/auth/me", session_token, Origin="https://evil.example")
 
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "opened"),
+    [
+        (b"testserver", b"http://testserver", True),
+        (b"testserver", None, True),  # not a browser: no Origin, nothing to forge
+        (b"testserver", b"http://localhost", False),  # another allowed host's page
+        (b"evil.example", b"http://evil.example", False),  # a host not allowed at all
+    ],
+)
+def test_websocket_opens_only_on_allowed_host_from_its_own_origin(host, origin, opened):
+    from asgiref.sync import async_to_sync
+    from asgiref.testing import ApplicationCommunicator
+
+    from claworc.authentication import SameOriginWebSocketValidator
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+
+    headers = [(b"host", host)] + ([(b"origin", origin)] if origin else [])
+    scope = {"type": "websocket", "path": "/", "headers": headers}
+
+    async def connect():
+        communicator = ApplicationCommunicator(SameOriginWebSocketValidator(app), scope)
+        await communicator.send_input({"type": "websocket.connect"})
+        answer = await communicator.receive_output(5)
+        await communicator.wait(5)
+        return answer
+
+    answer = async_to_sync(connect)()
+
+    assert answer == ({"type": "websocket.accept"} if opened else
+                      {"type": "websocket.close", "code": 4403})  # fmt: skip
