@@ -33,9 +33,7 @@ def connected_instance(make_instance, make_agent, start_worker):  # noqa: F811
 
     def build(name: str, **worker_env):
         instance = make_instance(name)
-        agent = make_agent(instance)
-        instance.ssh_port = agent.port
-        instance.save()
+        agent = make_agent(instance, serve=True)
         worker = start_worker(**worker_env)
         agent.wait_ready()
         worker.wait_ready()

@@ -118,14 +118,20 @@ def start_worker(transactional_db, tmp_path):
 
 @pytest.fixture
 def make_agent(tmp_path):
-    """Start sshd agents (not waiting), each authorizing the given instance's key."""
+    """Start sshd agents (not waiting), each authorizing the given instance's key; with
+    `serve=True` the instance is also pointed at the agent's port."""
     agents = []
 
-    def make(instance=None, *, name: str | None = None, port: int | None = None) -> Agent:
+    def make(
+        instance=None, *, name: str | None = None, port: int | None = None, serve: bool = False
+    ) -> Agent:
         agent = Agent(tmp_path / "agents", name or f"agent-{len(agents)}", port=port)
         if instance is not None:
             agent.authorize(instance.ssh_public_key)
         agents.append(agent.start())
+        if serve:
+            instance.ssh_port = agent.port
+            instance.save(update_fields=["ssh_port"])
         return agent
 
     yield make

@@ -50,9 +50,7 @@ def test_manager_rate_limit_exact_across_two_workers(
     make_instance, make_agent, start_worker, admin_user
 ):
     instance = make_instance("gate-1")
-    agent = make_agent(instance)
-    instance.ssh_port = agent.port
-    instance.save()
+    agent = make_agent(instance, serve=True)
     first, second = start_worker(), start_worker()
     agent.wait_ready()
     first.wait_ready()
@@ -144,9 +142,7 @@ def test_manager_ip_restriction_refuses_reconnect(
     make_instance, make_agent, start_worker, admin_user
 ):
     instance = make_instance("gate-3")
-    agent = make_agent(instance)
-    instance.ssh_port = agent.port
-    instance.save()
+    agent = make_agent(instance, serve=True)
     worker = start_worker(CLAWORC_SSH_RECONNECT_MAX_RETRIES=3)
     agent.wait_ready()
     worker.wait_ready()
@@ -236,10 +232,7 @@ def test_manager_global_limit_refuses_connection_past_max(
     make_instance, make_agent, start_worker, admin_user
 ):
     first, second = make_instance("gate-max-1"), make_instance("gate-max-2")
-    agents = [make_agent(first), make_agent(second)]
-    for instance, agent in zip((first, second), agents, strict=True):
-        instance.ssh_port = agent.port
-        instance.save()
+    agents = [make_agent(first, serve=True), make_agent(second, serve=True)]
     worker = start_worker(CLAWORC_SSH_MAX_CONNECTIONS=1)
     for process in (*agents, worker):
         process.wait_ready()

@@ -24,9 +24,7 @@ def test_manager_host_key_swap_refused_until_admin_accepts(
     make_instance, make_agent, start_worker, admin_user, operator
 ):
     instance = make_instance("hostkey-1")
-    agent = make_agent(instance)
-    instance.ssh_port = agent.port
-    instance.save()
+    agent = make_agent(instance, serve=True)
     worker = start_worker()
     agent.wait_ready()
     worker.wait_ready()

@@ -22,9 +22,7 @@ def _events(instance, event_type=None):
 
 def test_manager_agent_killed_and_restarted_reconnects(make_instance, make_agent, start_worker):
     instance = make_instance("life-1")
-    agent = make_agent(instance)
-    instance.ssh_port = agent.port
-    instance.save()
+    agent = make_agent(instance, serve=True)
     worker = start_worker()
     agent.wait_ready()
     worker.wait_ready()
@@ -90,9 +88,7 @@ def test_manager_retries_exhausted_fails_on_backoff_schedule(make_instance, star
 
 def test_manager_frozen_sshd_detected_unhealthy_and_healed(make_instance, make_agent, start_worker):
     instance = make_instance("life-3")
-    agent = make_agent(instance)
-    instance.ssh_port = agent.port
-    instance.save()
+    agent = make_agent(instance, serve=True)
     worker = start_worker()
     agent.wait_ready()
     worker.wait_ready()
@@ -139,9 +135,7 @@ def test_manager_endpoint_change_reconnects_to_the_new_port(
     make_instance, make_agent, start_worker
 ):
     instance = make_instance("life-move")
-    old_agent = make_agent(instance, name="agent-old")
-    instance.ssh_port = old_agent.port
-    instance.save()
+    old_agent = make_agent(instance, name="agent-old", serve=True)
     # The same machine's sshd on another port: same host key, so the pin still holds.
     new_agent = make_agent(instance, name="agent-new")
     new_agent.stop()

@@ -20,9 +20,7 @@ def test_manager_owner_killed_instances_move_to_second_worker(
     instances, agents = [], []
     for index in range(3):
         instance = make_instance(f"owned-{index}")
-        agent = make_agent(instance)
-        instance.ssh_port = agent.port
-        instance.save()
+        agent = make_agent(instance, serve=True)
         instances.append(instance)
         agents.append(agent)
     first, second = start_worker(), start_worker()
@@ -67,9 +65,7 @@ def test_manager_database_unreachable_past_lease_ttl_drops_connections(
     database = connection.settings_dict
     proxy = TcpProxy((database["HOST"] or "127.0.0.1", int(database["PORT"] or 5432))).start()
     instance = make_instance("own-fence")
-    agent = make_agent(instance)
-    instance.ssh_port = agent.port
-    instance.save()
+    agent = make_agent(instance, serve=True)
     worker = start_worker(
         DATABASE_URL=f"postgres://{database['USER']}@127.0.0.1:{proxy.port}/{database['NAME']}"
     )

@@ -34,9 +34,7 @@ def test_worker_tunnels_come_back_on_the_new_connection_after_sshd_restart(
 ):
     echo = EchoService()
     instance = make_instance("tun-follow", vnc_port=echo.port)
-    agent = make_agent(instance)
-    instance.ssh_port = agent.port
-    instance.save()
+    agent = make_agent(instance, serve=True)
     worker = start_worker()
     agent.wait_ready()
     worker.wait_ready()
