@@ -91,6 +91,8 @@ def test_rotation_with_tunnel_carrying_traffic_loses_no_request(rig, admin_user,
     stream.sendall(b"after")
     assert stream.recv(64) == b"after"
     stream.close()
+    # Read before the services stop: with them down, the monitor rightly closes the tunnel.
+    tunnel_after = Tunnel.objects.get(pk=tunnel.pk)
     service.stop()
     echo.stop()
 
@@ -103,7 +105,7 @@ def test_rotation_with_tunnel_carrying_traffic_loses_no_request(rig, admin_user,
     assert body["fingerprint"] == new_fingerprint != old_fingerprint
     assert not setup.logs_in(old_key)
     # The listener kept its port: the tunnel moved to the new connection.
-    assert Tunnel.objects.get(pk=tunnel.pk).local_port == tunnel.local_port
+    assert tunnel_after.local_port == tunnel.local_port
     record = KeyRotation.objects.get(instance=instance)
     assert (record.status, record.step) == ("completed", "restart_tunnels")
     info = client_for(admin_user).get(f"/api/v1/instances/{instance.pk}/ssh-fingerprint")
