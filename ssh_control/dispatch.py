@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 TEST_CONNECTION = "ssh_control.test_connection"
 RECONNECT = "ssh_control.reconnect"
 ROTATE_KEY = "ssh_control.rotate_key"
+UNBLOCK_ATTEMPTS = "ssh_control.unblock_attempts"
 # A rotation makes several round trips to the agent: the API waits as long as the task may
 # run (its time limit) rather than CLAWORC_SSH_REQUEST_TIMEOUT_SECONDS.
 ROTATE_KEY_TIMEOUT_SECONDS = 300

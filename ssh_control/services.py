@@ -14,13 +14,14 @@ from audit.choices import AuditEventType
 from audit.services import audit_record
 from ssh_control import keys
 from ssh_control.choices import GrantLevel, HostKeyPinSource
-from ssh_control.exceptions import KeyFileExists, KeyStorageError
+from ssh_control.exceptions import ClaworcError, KeyFileExists, KeyStorageError
 from ssh_control.manager.counters import attempt_counters
 from ssh_control.models import ConnectionStatus, HostKeyPin, Instance, InstanceGrant
 from ssh_control.tunnels.services import tunnels_ensure_standard
 from ssh_control.validators import parse_allowed_ips
 
 logger = logging.getLogger(__name__)
+UNBLOCK_TIMEOUT_SECONDS = 5
 
 INSTANCE_FIELDS = (
     "ssh_host",
@@ -163,7 +164,7 @@ def host_key_accept(instance: Instance, *, fingerprint: str, actor) -> HostKeyPi
         pin.offered_at = None
         pin.save()
     # The refusals of the key now accepted no longer count toward a block.
-    attempt_counters().unblock(instance.pk)
+    _unblock_attempts(instance)
 
     audit_record(
         AuditEventType.HOST_KEY_ACCEPTED,
@@ -174,6 +175,23 @@ def host_key_accept(instance: Instance, *, fingerprint: str, actor) -> HostKeyPi
     )
     logger.info("host key accepted instance=%s fingerprint=%s", instance.name, fingerprint)
     return pin
+
+
+def _unblock_attempts(instance: Instance) -> None:
+    counters = attempt_counters()
+    counters.unblock(instance.pk)
+    if counters.shared:
+        return
+    # Counters in process memory (the embedded default, no Redis): the owner's are its
+    # own, so it is asked too, before the operator's next step (a reconnect) reaches it.
+    from ssh_control import dispatch
+
+    try:
+        dispatch.run_on_owner(instance, dispatch.UNBLOCK_ATTEMPTS, timeout=UNBLOCK_TIMEOUT_SECONDS)
+    except ClaworcError as exc:
+        # No owner holds the instance (then none has counters for it) or it did not answer.
+        logger.warning("failure counters not cleared on the owner instance=%s error=%s",
+                       instance.name, exc.message)  # fmt: skip
 
 
 def _refuse_leftover_key_files(name: str) -> None:

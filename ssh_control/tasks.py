@@ -11,6 +11,7 @@ from audit.context import bound_from_task
 from ssh_control import dispatch
 from ssh_control.exceptions import ClaworcError
 from ssh_control.manager import operations
+from ssh_control.manager.counters import attempt_counters
 
 
 def error_payload(exc: ClaworcError) -> dict:
@@ -39,6 +40,14 @@ def reconnect(instance_id: int, actor: str | None = None) -> dict:
         return operations.connection_reconnect(instance_id, actor=actor)
     except ClaworcError as exc:
         return error_payload(exc)
+
+
+@shared_task(name=dispatch.UNBLOCK_ATTEMPTS, time_limit=30)
+@bound_from_task
+def unblock_attempts(instance_id: int) -> dict:
+    """Forget the owner's failure count and block (counters kept in its own memory)."""
+    attempt_counters().unblock(instance_id)
+    return {"ok": True}
 
 
 # Key rotation (#5): the rotation and its recovery run on the owner; the two beat tasks

@@ -59,6 +59,9 @@ class AttemptVerdict:
 
 
 class RedisCounters:
+    # Every process sees the same counters.
+    shared = True
+
     def __init__(self, url: str):
         import redis
 
@@ -96,6 +99,9 @@ class RedisCounters:
 
 class LocalCounters:
     """The same rules in process memory, for the embedded single-worker default."""
+
+    # Each process has its own: the web process's are not the worker's.
+    shared = False
 
     def __init__(self):
         self._lock = threading.Lock()
