@@ -23,24 +23,17 @@ from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpResponse, HttpResponseNotFound, HttpResponseRedirect
+from django.http.request import split_domain_port
 
 TICKET_PARAMETER = "claworc_ticket"
 TICKET_SECONDS = 30
-PROXY_PATH = re.compile(r"^/instances/(?P<instance_id>[0-9]{1,18})/(vnc|gateway)/")
+# The proxy's route (ssh_control.proxy.urls), and the same as a request path.
+SERVICE_PATTERN = r"^instances/(?P<instance_id>[0-9]{1,18})/(?P<service>vnc|gateway)/(?P<path>.*)$"
+PROXY_PATH = re.compile("^/" + SERVICE_PATTERN.removeprefix("^"))
 
 
 def proxy_domain() -> str:
     return settings.CLAWORC_PROXY_DOMAIN
-
-
-def _split_host(host: str) -> tuple[str, str]:
-    """`host[:port]` as (lowercased name, ":port" or "")."""
-    host = host.lower()
-    if host.startswith("["):
-        name, _, rest = host.partition("]")
-        return name + "]", rest
-    name, colon, port = host.rpartition(":")
-    return (name, colon + port) if colon else (host, "")
 
 
 def host_instance_id(host: str) -> int | None:
@@ -48,7 +41,7 @@ def host_instance_id(host: str) -> int | None:
     domain = proxy_domain()
     if not domain:
         return None
-    name, _ = _split_host(host)
+    name, _ = split_domain_port(host)
     label, dot, rest = name.partition(".")
     if dot and rest == domain and label.isdigit() and len(label) <= 18:
         return int(label)
@@ -57,8 +50,8 @@ def host_instance_id(host: str) -> int | None:
 
 def instance_origin(request, instance_id: int) -> str:
     """`scheme://<id>.<domain>[:port]`, on the scheme and port the request came in on."""
-    _, port = _split_host(request.get_host())
-    return f"{request.scheme}://{instance_id}.{proxy_domain()}{port}"
+    _, port = split_domain_port(request.get_host())
+    return f"{request.scheme}://{instance_id}.{proxy_domain()}" + (f":{port}" if port else "")
 
 
 def _fernet() -> Fernet:

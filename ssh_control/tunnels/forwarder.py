@@ -11,6 +11,7 @@ import queue
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from ssh_control import ssh
@@ -94,12 +95,14 @@ class _RefusalReporter:
 
     @staticmethod
     def _report(batch) -> None:
-        counts: dict[TunnelListener, tuple[str, int]] = {}
+        counts: Counter[TunnelListener] = Counter()
+        reasons: dict[TunnelListener, str] = {}
         for listener, _, reason in batch:
-            counts[listener] = (reason, counts.get(listener, ("", 0))[1] + 1)
+            counts[listener] += 1
+            reasons[listener] = reason
         try:
-            for listener, (reason, count) in counts.items():
-                listener.report_refusals(reason, count)
+            for listener, count in counts.items():
+                listener.report_refusals(reasons[listener], count)
         finally:
             for _, client, _ in batch:
                 client.close()

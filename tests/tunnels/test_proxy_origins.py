@@ -100,9 +100,8 @@ def test_ticket_sets_session_on_instance_host_and_page_is_served_there(
     # The session cookie is not passed on to the agent.
     assert page.text == "gateway page for /x?y=2 cookie=None"
     # The ticket served once; seen again (say, in an access log) it opens nothing.
-    replayed = on_host(
-        live_web, host, urlsplit(redeemed.url).path + "?" + urlsplit(redeemed.url).query
-    )
+    ticket_url = urlsplit(redeemed.url)
+    replayed = on_host(live_web, host, f"{ticket_url.path}?{ticket_url.query}")
     assert replayed.status_code == 403 and "session" not in replayed.cookies
 
 
