@@ -1,6 +1,7 @@
 """The web terminal's WebSocket: the browser on one side, the worker's session on the other.
 
-The consumer checks the caller (an `operate` grant or admin, a same-origin browser), asks
+The consumer checks the caller (an `operate` grant or admin; claworc.asgi has already
+refused pages of another origin), asks
 the owning worker to start or resume a session, and then moves bytes between the
 WebSocket and the worker's data endpoint. It holds no terminal state: closing the tab
 only detaches, and the session waits on the worker to be resumed.
@@ -20,7 +21,6 @@ from django.db import connections
 from django.http.request import HttpHeaders
 
 from audit import context
-from claworc.authentication import websocket_origin_allowed
 from ssh_control.access import has_level, visible_instances
 from ssh_control.choices import GrantLevel
 from ssh_control.exceptions import ClaworcError
@@ -100,11 +100,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     pump = None
 
     async def connect(self):
+        # The page's origin is checked before any consumer (claworc.asgi).
         user = self.scope.get("user")
-        if not websocket_origin_allowed(self.scope):
-            logger.warning("terminal refused reason=origin")
-            await self.close(code=CLOSE_FORBIDDEN)
-            return
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
