@@ -2,8 +2,9 @@
 
 The consumer checks the caller (an `operate` grant or admin; claworc.asgi has already
 refused pages of another origin), asks the owning worker to start or resume a session,
-and then moves bytes between the WebSocket and the worker's data endpoint. It holds no terminal state: closing the tab
-only detaches, and the session waits on the worker to be resumed.
+and then moves bytes between the WebSocket and the worker's data endpoint. It holds no
+terminal state: closing the tab only detaches, and the session waits on the worker to be
+resumed.
 """
 
 import asyncio
